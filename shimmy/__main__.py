@@ -1,0 +1,3 @@
+from shimmy.cli import main
+
+raise SystemExit(main())

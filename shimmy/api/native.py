@@ -1,0 +1,144 @@
+"""shimmy's own API: /api/generate, /api/models, /api/health and /ws/generate."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from shimmy.api.params import GenerateParams, generate_params
+from shimmy.api.state import AppState
+from shimmy.engine.loaded import LoadedModel
+from shimmy.engine.scheduler import Generation, GenerationError
+from shimmy.errors import ApiError, generation_failed, server_error
+from shimmy.http.router import Router
+from shimmy.http.sse import SSE_DONE, sse_data
+from shimmy.http.types import Request, Response, StreamResponse, WebSocket
+from shimmy.sysinfo import format_bytes, process_rss_bytes
+
+log = logging.getLogger("shimmy.api")
+
+
+def register(router: Router, state: AppState) -> None:
+    api = NativeApi(state)
+    router.add("POST", "/api/generate", api.generate)
+    router.add("GET", "/api/models", api.models)
+    router.add("GET", "/api/health", api.health)
+    router.add_websocket("/ws/generate", api.websocket)
+
+
+class NativeApi:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def generate(self, request: Request) -> Response | StreamResponse:
+        params = generate_params(request.json())
+        model, generation = await self._start(params)
+        if params.stream:
+            return StreamResponse(_sse_stream(generation))
+        text = await _collect(generation)
+        return Response.json({
+            "choices": [{"text": text, "index": 0, "finish_reason": generation.finish_reason}],
+            "usage": _usage(generation),
+        })
+
+    async def models(self, request: Request) -> Response:
+        registry, loaded = self.state.registry, self.state.pool.loaded
+        default = registry.default()
+        return Response.json({"models": [
+            {
+                "id": entry.name,
+                "name": entry.info.name or entry.name,
+                "description": _describe(entry),
+                "default": default is not None and entry.name == default.name,
+                "loaded": entry.name in loaded,
+                **entry.describe(),
+            }
+            for entry in registry.entries()
+        ]})
+
+    async def health(self, request: Request) -> Response:
+        return Response.json({
+            "status": "healthy",
+            "models_loaded": len(self.state.pool.loaded),
+            "memory_usage": format_bytes(process_rss_bytes()),
+            "models_available": len(self.state.registry.entries()),
+        })
+
+    async def websocket(self, socket: WebSocket) -> None:
+        """One JSON request per message; answers stream back on the same connection."""
+        while (message := await socket.receive_text()) is not None:
+            try:
+                params = generate_params(_parse_json(message))
+                _, generation = await self._start(params)
+                async for piece in generation:
+                    await socket.send_text(_dumps({"token": piece}))
+                await socket.send_text(_dumps({
+                    "done": True,
+                    "finish_reason": generation.finish_reason,
+                    "usage": _usage(generation),
+                }))
+            except ApiError as exc:
+                await socket.send_text(_dumps(exc.body()))
+            except GenerationError as exc:
+                await socket.send_text(_dumps(generation_failed(str(exc)).body()))
+
+    async def _start(self, params: GenerateParams) -> tuple[LoadedModel, Generation]:
+        model = await self.state.pool.get(params.model)
+        generation = model.generate(params.prompt, params.max_tokens, params.sampling,
+                                    params.stop, params.ignore_eos)
+        return model, generation
+
+
+async def _collect(generation: Generation) -> str:
+    try:
+        return await generation.text()
+    except GenerationError as exc:
+        raise generation_failed(str(exc)) from None
+
+
+async def _sse_stream(generation: Generation) -> AsyncIterator[bytes]:
+    try:
+        async for piece in generation:
+            yield sse_data({"choices": [{"text": piece, "index": 0}]})
+        yield sse_data({
+            "choices": [{"text": "", "index": 0, "finish_reason": generation.finish_reason}],
+            "usage": _usage(generation),
+        })
+    except GenerationError as exc:
+        yield sse_data(generation_failed(str(exc)).body())
+    except Exception as exc:  # the stream has begun: report in band, never hang the client
+        log.exception("stream failed")
+        yield sse_data(server_error(str(exc)).body())
+    yield SSE_DONE
+
+
+def _usage(generation: Generation) -> dict[str, int]:
+    prompt, completion = generation.prompt_tokens, generation.completion_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _describe(entry) -> str:
+    info = entry.info
+    parts = [info.architecture or "unknown architecture"]
+    if info.parameters:
+        parts.append(f"{info.parameters / 1e6:.0f}M parameters")
+    if info.quantization:
+        parts.append(info.quantization)
+    if info.context_length:
+        parts.append(f"{info.context_length} context")
+    return ", ".join(parts) + f" ({entry.source})"
+
+
+def _parse_json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        from shimmy.errors import invalid_request
+
+        raise invalid_request(f"The message is not valid JSON: {exc}") from None
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""The CLI's commands other than serve, one module each."""

@@ -1,0 +1,703 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# distutils: language = c++
+"""The one boundary to llama.cpp: model, context, slots and the per-token loop.
+
+Everything that runs once per generated token lives here, in C: batch fill,
+``llama_decode`` with the GIL released, per-slot sampler chains, token to bytes,
+UTF-8 completion and stop strings. Python sees one list of finished pieces per step.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int8_t, int32_t, uint32_t, uint64_t
+from libc.stdio cimport fflush, fputs, stderr
+from libc.string cimport memcmp, strlen
+from libcpp cimport bool as cbool
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+
+cdef extern from "llama.h" nogil:
+    ctypedef int32_t llama_token
+    ctypedef int32_t llama_pos
+    ctypedef int32_t llama_seq_id
+
+    cdef struct llama_model:
+        pass
+    cdef struct llama_context:
+        pass
+    cdef struct llama_vocab:
+        pass
+    cdef struct llama_sampler:
+        pass
+    cdef struct llama_adapter_lora:
+        pass
+    cdef struct llama_memory_i:
+        pass
+    ctypedef llama_memory_i * llama_memory_t
+
+    cdef enum llama_load_mode:
+        LLAMA_LOAD_MODE_NONE
+        LLAMA_LOAD_MODE_MMAP
+
+    cdef enum ggml_log_level:
+        GGML_LOG_LEVEL_NONE
+        GGML_LOG_LEVEL_DEBUG
+        GGML_LOG_LEVEL_INFO
+        GGML_LOG_LEVEL_WARN
+        GGML_LOG_LEVEL_ERROR
+        GGML_LOG_LEVEL_CONT
+
+    ctypedef void (*ggml_log_callback)(ggml_log_level level, const char * text, void * user_data)
+
+    cdef struct llama_model_params:
+        int32_t n_gpu_layers
+        llama_load_mode load_mode
+        cbool use_extra_bufts
+
+    cdef struct llama_context_params:
+        uint32_t n_ctx
+        uint32_t n_batch
+        uint32_t n_ubatch
+        uint32_t n_seq_max
+        int32_t n_threads
+        int32_t n_threads_batch
+        cbool no_perf
+        cbool kv_unified
+
+    ctypedef struct llama_sampler_chain_params:
+        cbool no_perf
+
+    ctypedef struct llama_batch:
+        int32_t n_tokens
+        llama_token * token
+        float * embd
+        llama_pos * pos
+        int32_t * n_seq_id
+        llama_seq_id ** seq_id
+        int8_t * logits
+
+    ctypedef struct llama_logit_bias:
+        llama_token token
+        float bias
+
+    void llama_backend_init()
+    void llama_log_set(ggml_log_callback log_callback, void * user_data)
+    const char * llama_print_system_info()
+    cbool llama_supports_gpu_offload()
+    cbool llama_supports_mmap()
+    size_t llama_max_parallel_sequences()
+
+    llama_model_params llama_model_default_params()
+    llama_context_params llama_context_default_params()
+    llama_sampler_chain_params llama_sampler_chain_default_params()
+
+    llama_model * llama_model_load_from_file(const char * path, llama_model_params params)
+    void llama_model_free(llama_model * model)
+    llama_context * llama_init_from_model(llama_model * model, llama_context_params params)
+    void llama_free(llama_context * ctx)
+
+    const llama_vocab * llama_model_get_vocab(const llama_model * model)
+    int32_t llama_model_n_ctx_train(const llama_model * model)
+    int32_t llama_model_n_embd(const llama_model * model)
+    int32_t llama_model_n_layer(const llama_model * model)
+    uint64_t llama_model_size(const llama_model * model)
+    uint64_t llama_model_n_params(const llama_model * model)
+    int32_t llama_model_desc(const llama_model * model, char * buf, size_t buf_size)
+    const char * llama_model_chat_template(const llama_model * model, const char * name)
+    cbool llama_model_has_encoder(const llama_model * model)
+
+    llama_adapter_lora * llama_adapter_lora_init(llama_model * model, const char * path)
+    int32_t llama_set_adapters_lora(llama_context * ctx, llama_adapter_lora ** adapters,
+                                    size_t n_adapters, float * scales)
+
+    uint32_t llama_n_ctx(const llama_context * ctx)
+    uint32_t llama_n_ctx_seq(const llama_context * ctx)
+    uint32_t llama_n_batch(const llama_context * ctx)
+    llama_memory_t llama_get_memory(const llama_context * ctx)
+    void llama_memory_clear(llama_memory_t mem, cbool data)
+    cbool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq, llama_pos p0, llama_pos p1)
+
+    int32_t llama_vocab_n_tokens(const llama_vocab * vocab)
+    cbool llama_vocab_is_eog(const llama_vocab * vocab, llama_token token)
+    llama_token llama_vocab_bos(const llama_vocab * vocab)
+    llama_token llama_vocab_eos(const llama_vocab * vocab)
+    cbool llama_vocab_get_add_bos(const llama_vocab * vocab)
+    int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
+                           llama_token * tokens, int32_t n_tokens_max,
+                           cbool add_special, cbool parse_special)
+    int32_t llama_token_to_piece(const llama_vocab * vocab, llama_token token, char * buf,
+                                 int32_t length, int32_t lstrip, cbool special)
+    int32_t llama_detokenize(const llama_vocab * vocab, const llama_token * tokens,
+                             int32_t n_tokens, char * text, int32_t text_len_max,
+                             cbool remove_special, cbool unparse_special)
+
+    llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max)
+    void llama_batch_free(llama_batch batch)
+    int32_t llama_decode(llama_context * ctx, llama_batch batch)
+    void llama_set_n_threads(llama_context * ctx, int32_t n_threads, int32_t n_threads_batch)
+
+    llama_sampler * llama_sampler_chain_init(llama_sampler_chain_params params)
+    void llama_sampler_chain_add(llama_sampler * chain, llama_sampler * smpl)
+    llama_sampler * llama_sampler_init_greedy()
+    llama_sampler * llama_sampler_init_dist(uint32_t seed)
+    llama_sampler * llama_sampler_init_top_k(int32_t k)
+    llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep)
+    llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep)
+    llama_sampler * llama_sampler_init_temp(float t)
+    llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n,
+                                                 float penalty_repeat, float penalty_freq,
+                                                 float penalty_present)
+    llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
+                                                  const llama_logit_bias * logit_bias)
+    void llama_sampler_accept(llama_sampler * smpl, llama_token token)
+    llama_token llama_sampler_sample(llama_sampler * smpl, llama_context * ctx, int32_t idx)
+    void llama_sampler_free(llama_sampler * smpl)
+
+
+cdef extern from *:
+    """
+    #if defined(__linux__) && defined(__x86_64__)
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    /* Linux hands out AMX tile registers only to processes that ask (ARCH_REQ_XCOMP_PERM
+       for XFEATURE_XTILEDATA); ggml built for an AMX CPU would die of SIGILL otherwise. */
+    static int shimmy_request_amx(void) { return (int) syscall(SYS_arch_prctl, 0x1023, 18); }
+    #else
+    static int shimmy_request_amx(void) { return -1; }
+    #endif
+    """
+    int shimmy_request_amx()
+
+
+class LlamaError(RuntimeError):
+    """llama.cpp refused: a model that does not load, a context that cannot be made."""
+
+
+# ---------------------------------------------------------------- logging
+
+cdef string _log_tail          # the last error lines, to explain a failure
+cdef cbool _log_verbose = False
+
+
+cdef void _on_log(ggml_log_level level, const char * text, void * user_data) noexcept nogil:
+    global _log_tail
+    if _log_verbose:
+        fputs(text, stderr)
+        fflush(stderr)
+    if level == GGML_LOG_LEVEL_ERROR or level == GGML_LOG_LEVEL_WARN:
+        _log_tail.append(text)
+        if _log_tail.size() > 4096:
+            _log_tail.erase(0, _log_tail.size() - 4096)
+
+
+def init_backend(verbose: bool = False) -> None:
+    """Initialise llama.cpp once per process and route its log through us."""
+    global _log_verbose
+    _log_verbose = verbose
+    shimmy_request_amx()
+    llama_log_set(_on_log, NULL)
+    llama_backend_init()
+
+
+def take_log_tail() -> str:
+    """The warnings and errors llama.cpp logged since the last call."""
+    global _log_tail
+    text = _log_tail.decode("utf-8", "replace")
+    _log_tail.clear()
+    return text.strip()
+
+
+def system_info() -> str:
+    return llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+def amx_in_build() -> bool:
+    """Whether ggml was compiled with its AMX kernels.
+
+    Those kernels (reached through the extra weight buffers) die with SIGILL on some
+    AMX machines in this llama.cpp, so such builds load weights without extra buffers.
+    """
+    return b"AMX_INT8 = 1" in llama_print_system_info()
+
+
+def supports_gpu_offload() -> bool:
+    return llama_supports_gpu_offload()
+
+
+def supports_mmap() -> bool:
+    return llama_supports_mmap()
+
+
+# ---------------------------------------------------------------- model
+
+cdef class Model:
+    """Weights and vocabulary of one GGUF, loaded through the C API."""
+
+    cdef llama_model * ptr
+    cdef const llama_vocab * vocab
+    cdef vector[llama_adapter_lora *] loras
+    cdef readonly str path
+
+    def __cinit__(self, str path, int gpu_layers=0, bint use_mmap=True, list loras=None,
+                  extra_buffers=None):
+        cdef llama_model_params params = llama_model_default_params()
+        cdef bytes bpath = path.encode()
+        cdef const char * cpath = bpath
+        cdef llama_adapter_lora * lora
+        params.n_gpu_layers = gpu_layers
+        params.load_mode = LLAMA_LOAD_MODE_MMAP if use_mmap else LLAMA_LOAD_MODE_NONE
+        params.use_extra_bufts = (not amx_in_build()) if extra_buffers is None else extra_buffers
+        self.path = path
+        take_log_tail()
+        with nogil:
+            self.ptr = llama_model_load_from_file(cpath, params)
+        if self.ptr is NULL:
+            raise LlamaError(_failure("could not load model", path))
+        self.vocab = llama_model_get_vocab(self.ptr)
+        for lora_path in loras or ():
+            blora = str(lora_path).encode()
+            lora = llama_adapter_lora_init(self.ptr, blora)
+            if lora is NULL:
+                raise LlamaError(_failure("could not load LoRA adapter", str(lora_path)))
+            self.loras.push_back(lora)
+
+    def __dealloc__(self):
+        # adapters belong to the model and are freed with it
+        if self.ptr is not NULL:
+            llama_model_free(self.ptr)
+            self.ptr = NULL
+
+    @property
+    def n_ctx_train(self) -> int:
+        return llama_model_n_ctx_train(self.ptr)
+
+    @property
+    def n_vocab(self) -> int:
+        return llama_vocab_n_tokens(self.vocab)
+
+    @property
+    def n_params(self) -> int:
+        return llama_model_n_params(self.ptr)
+
+    @property
+    def size_bytes(self) -> int:
+        return llama_model_size(self.ptr)
+
+    @property
+    def n_loras(self) -> int:
+        return self.loras.size()
+
+    @property
+    def description(self) -> str:
+        cdef char buf[256]
+        n = llama_model_desc(self.ptr, buf, sizeof(buf))
+        return buf[:max(n, 0)].decode("utf-8", "replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        cdef const char * tmpl = llama_model_chat_template(self.ptr, NULL)
+        return None if tmpl is NULL else tmpl.decode("utf-8", "replace")
+
+    @property
+    def bos_token(self) -> int:
+        return llama_vocab_bos(self.vocab)
+
+    @property
+    def eos_token(self) -> int:
+        return llama_vocab_eos(self.vocab)
+
+    def is_eog(self, int token) -> bool:
+        return llama_vocab_is_eog(self.vocab, token)
+
+    def tokenize(self, str text, bint add_special=True, bint parse_special=False) -> list:
+        """Text to token ids; BOS is added when the model asks for it."""
+        cdef bytes data = text.encode("utf-8")
+        cdef int32_t n_max = len(data) + 8
+        cdef vector[llama_token] out
+        out.resize(n_max)
+        cdef int32_t n = llama_tokenize(self.vocab, data, len(data), out.data(), n_max,
+                                        add_special, parse_special)
+        if n < 0:
+            out.resize(-n)
+            n = llama_tokenize(self.vocab, data, len(data), out.data(), -n,
+                               add_special, parse_special)
+        if n < 0:
+            raise LlamaError(f"tokenization failed ({n})")
+        return [out[i] for i in range(n)]
+
+    def token_to_piece(self, int token, bint special=False) -> bytes:
+        cdef string piece
+        _append_piece(self.vocab, token, piece, special)
+        return piece
+
+    def detokenize(self, list tokens, bint special=False) -> str:
+        cdef vector[llama_token] toks
+        for t in tokens:
+            toks.push_back(t)
+        cdef int32_t cap = 16 + 8 * toks.size()
+        cdef string buf
+        buf.resize(cap)
+        cdef int32_t n = llama_detokenize(self.vocab, toks.data(), toks.size(), &buf[0], cap,
+                                          False, special)
+        if n < 0:
+            cap = -n
+            buf.resize(cap)
+            n = llama_detokenize(self.vocab, toks.data(), toks.size(), &buf[0], cap, False, special)
+        return PyUnicode_DecodeUTF8(buf.data(), max(n, 0), "replace")
+
+
+cdef str _failure(str what, str path):
+    detail = take_log_tail()
+    reason = f"{what} '{path}'"
+    return f"{reason}: {detail}" if detail else reason
+
+
+cdef int _append_piece(const llama_vocab * vocab, llama_token token, string & out,
+                       cbool special) noexcept nogil:
+    cdef char buf[64]
+    cdef int32_t n = llama_token_to_piece(vocab, token, buf, sizeof(buf), 0, special)
+    cdef string big
+    if n >= 0:
+        out.append(buf, n)
+        return n
+    big.resize(-n)
+    n = llama_token_to_piece(vocab, token, &big[0], -n, 0, special)
+    if n > 0:
+        out.append(big.data(), n)
+    return n
+
+
+# ---------------------------------------------------------------- text hand-off helpers
+
+cdef size_t _utf8_complete_len(const string & text) noexcept nogil:
+    """Length of the longest prefix that does not end inside a UTF-8 character."""
+    cdef size_t n = text.size()
+    cdef size_t i = n
+    cdef unsigned char c
+    cdef size_t need
+    cdef int back = 0
+    while i > 0 and back < 4:
+        i -= 1
+        back += 1
+        c = <unsigned char> text[i]
+        if c < 0x80:
+            return n
+        if c >= 0xC0:
+            need = 2 if c < 0xE0 else (3 if c < 0xF0 else 4)
+            return n if n - i >= need else i
+    return n
+
+
+cdef size_t _stop_hold_len(const string & text, const vector[string] & stops) noexcept nogil:
+    """How many trailing bytes could still grow into a stop string."""
+    cdef size_t best = 0
+    cdef size_t k, limit
+    for s in range(stops.size()):
+        limit = stops[s].size() - 1
+        if limit > text.size():
+            limit = text.size()
+        k = limit
+        while k > best:
+            if memcmp(text.data() + text.size() - k, stops[s].data(), k) == 0:
+                best = k
+                break
+            k -= 1
+    return best
+
+
+cdef long _find_stop(const string & text, const vector[string] & stops, size_t start) noexcept nogil:
+    """Earliest position of any stop string at or after ``start``; -1 if none."""
+    cdef long found = -1
+    cdef size_t pos
+    for s in range(stops.size()):
+        pos = text.find(stops[s], start)
+        if pos != <size_t> -1 and (found < 0 or <long> pos < found):
+            found = pos
+    return found
+
+
+# ---------------------------------------------------------------- slots and the step loop
+
+cdef enum SlotState:
+    IDLE = 0
+    PREFILL = 1
+    GENERATE = 2
+
+
+cdef struct Slot:
+    int state
+    vector[llama_token] prompt
+    size_t n_prefilled        # prompt tokens already in the KV cache
+    llama_pos n_past          # next position to decode
+    llama_token last_token    # sampled, not yet decoded
+    int32_t batch_row         # row of this slot's logits in the current batch, -1 if none
+    int32_t max_tokens
+    int32_t n_generated
+    llama_sampler * chain
+    vector[string] stops
+    string pending            # generated bytes not yet handed out
+    cbool ignore_eos
+
+
+cdef class BatchEngine:
+    """A llama.cpp context with ``n_slots`` sequences sharing one unified KV cache.
+
+    ``step()`` advances every active slot by one token (prefilling prompts in
+    chunks beside them) and returns what each slot produced.
+    """
+
+    cdef Model model
+    cdef llama_context * ctx
+    cdef llama_batch batch
+    cdef vector[Slot] slots
+    cdef readonly int n_ctx
+    cdef readonly int n_batch
+    cdef readonly int n_slots
+    cdef readonly int n_threads
+
+    def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=512):
+        cdef llama_context_params params = llama_context_default_params()
+        cdef vector[float] scales
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_slots
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = True
+        params.no_perf = True
+        self.model = model
+        take_log_tail()
+        with nogil:
+            self.ctx = llama_init_from_model(model.ptr, params)
+        if self.ctx is NULL:
+            raise LlamaError(_failure("could not create a context for", model.path))
+        if model.loras.size():
+            scales.assign(model.loras.size(), 1.0)
+            llama_set_adapters_lora(self.ctx, model.loras.data(), model.loras.size(),
+                                    scales.data())
+        self.n_ctx = llama_n_ctx(self.ctx)
+        self.n_batch = llama_n_batch(self.ctx)
+        self.n_slots = n_slots
+        self.n_threads = n_threads
+        self.batch = llama_batch_init(self.n_batch, 0, 1)
+        self.slots.resize(n_slots)
+        for i in range(n_slots):
+            self.slots[i].state = IDLE
+            self.slots[i].chain = NULL
+
+    def __dealloc__(self):
+        for i in range(self.slots.size()):
+            if self.slots[i].chain is not NULL:
+                llama_sampler_free(self.slots[i].chain)
+                self.slots[i].chain = NULL
+        if self.ctx is not NULL:
+            llama_batch_free(self.batch)
+            llama_free(self.ctx)
+            self.ctx = NULL
+
+    def warm_up(self) -> None:
+        """One throw-away decode so the first request does not pay for graph set-up."""
+        cdef llama_token tok = self.model.bos_token
+        if tok < 0:
+            tok = 0
+        self.batch.n_tokens = 1
+        self.batch.token[0] = tok
+        self.batch.pos[0] = 0
+        self.batch.n_seq_id[0] = 1
+        self.batch.seq_id[0][0] = 0
+        self.batch.logits[0] = 1
+        with nogil:
+            llama_decode(self.ctx, self.batch)
+        llama_memory_clear(llama_get_memory(self.ctx), True)
+
+    def is_idle(self, int slot) -> bool:
+        return self.slots[slot].state == IDLE
+
+    def start(self, int slot, list prompt, dict sampling, list stops, int max_tokens,
+              bint ignore_eos=False) -> None:
+        """Put a request into a free slot; its prompt is prefilled by the next steps."""
+        cdef Slot * s = &self.slots[slot]
+        if s.state != IDLE:
+            raise LlamaError(f"slot {slot} is busy")
+        llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
+        s.prompt.clear()
+        for tok in prompt:
+            s.prompt.push_back(tok)
+        s.n_prefilled = 0
+        s.n_past = 0
+        s.batch_row = -1
+        s.max_tokens = max_tokens
+        s.n_generated = 0
+        s.pending.clear()
+        s.stops.clear()
+        for stop in stops:
+            s.stops.push_back((<str> stop).encode("utf-8"))
+        s.ignore_eos = ignore_eos
+        s.chain = self._make_chain(sampling, prompt)
+        s.state = PREFILL
+
+    cdef llama_sampler * _make_chain(self, dict p, list prompt) except NULL:
+        cdef llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params())
+        cdef int n_vocab = self.model.n_vocab
+        cdef float temperature = p.get("temperature", 0.7)
+        cdef float repeat = p.get("repeat_penalty", 1.0)
+        cdef float frequency = p.get("frequency_penalty", 0.0)
+        cdef float presence = p.get("presence_penalty", 0.0)
+        cdef vector[llama_logit_bias] biases
+        cdef llama_logit_bias bias
+        for token, value in (p.get("logit_bias") or {}).items():
+            bias.token = token
+            bias.bias = value
+            biases.push_back(bias)
+        if biases.size():
+            llama_sampler_chain_add(
+                chain, llama_sampler_init_logit_bias(n_vocab, biases.size(), biases.data()))
+        if repeat != 1.0 or frequency != 0.0 or presence != 0.0:
+            llama_sampler_chain_add(chain, llama_sampler_init_penalties(
+                n_vocab, p.get("penalty_last_n", 64), repeat, frequency, presence))
+            for tok in prompt:   # the prompt counts toward repetition, as in llama-server
+                llama_sampler_accept(chain, tok)
+        if temperature <= 0.0:
+            llama_sampler_chain_add(chain, llama_sampler_init_greedy())
+            return chain
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(p.get("top_k", 40)))
+        llama_sampler_chain_add(chain, llama_sampler_init_top_p(p.get("top_p", 0.95), 1))
+        llama_sampler_chain_add(chain, llama_sampler_init_min_p(p.get("min_p", 0.05), 1))
+        llama_sampler_chain_add(chain, llama_sampler_init_temp(temperature))
+        llama_sampler_chain_add(chain, llama_sampler_init_dist(<uint32_t> p["seed"]))
+        return chain
+
+    def release(self, int slot) -> None:
+        """Free a slot now: its sampler and its cells of the KV cache."""
+        cdef Slot * s = &self.slots[slot]
+        if s.chain is not NULL:
+            llama_sampler_free(s.chain)
+            s.chain = NULL
+        llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
+        s.state = IDLE
+        s.pending.clear()
+
+    def step(self) -> list:
+        """Decode one batch; return ``[(slot, text, finish_reason | None, n_generated)]``.
+
+        ``finish_reason`` is ``"stop"`` or ``"length"`` on a slot's last event; the
+        slot is then released. Raises ``LlamaError`` if llama.cpp fails the batch.
+        """
+        cdef int n = self._fill_batch()
+        cdef int32_t status
+        if n == 0:
+            return []
+        with nogil:
+            status = llama_decode(self.ctx, self.batch)
+        if status != 0:
+            raise LlamaError(f"llama_decode failed with status {status}"
+                             + (" (no free KV cache cell)" if status == 1 else ""))
+        return self._sample_all()
+
+    cdef int _fill_batch(self):
+        cdef llama_batch * b = &self.batch
+        cdef Slot * s
+        cdef int budget
+        cdef int32_t row = -1
+        cdef size_t chunk, end
+        b.n_tokens = 0
+        for i in range(self.slots.size()):
+            s = &self.slots[i]
+            s.batch_row = -1
+            if s.state == GENERATE:
+                s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
+                s.n_past += 1
+        for i in range(self.slots.size()):
+            s = &self.slots[i]
+            budget = self.n_batch - b.n_tokens
+            if s.state != PREFILL or budget <= 0:
+                continue
+            chunk = s.prompt.size() - s.n_prefilled
+            if chunk > <size_t> budget:
+                chunk = budget
+            end = s.n_prefilled + chunk
+            while s.n_prefilled < end:
+                row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, i,
+                                 s.n_prefilled + 1 == s.prompt.size())
+                s.n_prefilled += 1
+                s.n_past += 1
+            if s.n_prefilled == s.prompt.size():
+                s.batch_row = row
+        return b.n_tokens
+
+    cdef list _sample_all(self):
+        cdef list events = []
+        cdef Slot * s
+        cdef llama_token token
+        for i in range(self.slots.size()):
+            s = &self.slots[i]
+            if s.batch_row < 0:
+                continue
+            with nogil:
+                token = llama_sampler_sample(s.chain, self.ctx, s.batch_row)
+            s.state = GENERATE
+            s.last_token = token
+            s.n_generated += 1
+            event = self._advance_text(i, s, token)
+            if event is not None:
+                events.append(event)
+                if event[2] is not None:
+                    self.release(i)
+        return events
+
+    cdef object _advance_text(self, int index, Slot * s, llama_token token):
+        """Append the token's text; return the piece that is safe to hand out now."""
+        cdef size_t before = s.pending.size()
+        cdef long stop_at
+        cdef size_t ready
+        cdef cbool eog = llama_vocab_is_eog(self.model.vocab, token) and not s.ignore_eos
+        if not eog:
+            _append_piece(self.model.vocab, token, s.pending, False)
+            if s.stops.size():
+                stop_at = _find_stop(s.pending, s.stops, _scan_start(before, s.stops))
+                if stop_at >= 0:
+                    return (index, _decode(s.pending, stop_at), "stop", s.n_generated)
+        if eog:
+            return (index, _decode(s.pending, s.pending.size()), "stop", s.n_generated)
+        if s.n_generated >= s.max_tokens or s.n_past + 1 >= self.n_ctx:
+            return (index, _decode(s.pending, s.pending.size()), "length", s.n_generated)
+        ready = s.pending.size() - _stop_hold_len(s.pending, s.stops)
+        if ready == 0:
+            return None
+        ready = _utf8_complete_len(s.pending.substr(0, ready))
+        if ready == 0:
+            return None
+        text = _decode(s.pending, ready)
+        s.pending.erase(0, ready)
+        return (index, text, None, s.n_generated)
+
+    @property
+    def n_ctx_seq(self) -> int:
+        return llama_n_ctx_seq(self.ctx)
+
+
+cdef inline size_t _scan_start(size_t before, const vector[string] & stops) noexcept nogil:
+    """Stop strings can only newly end in the bytes just added, so search from there."""
+    cdef size_t longest = 0
+    for s in range(stops.size()):
+        if stops[s].size() > longest:
+            longest = stops[s].size()
+    return before - longest + 1 if before + 1 > longest else 0
+
+
+cdef inline str _decode(const string & text, size_t n):
+    return PyUnicode_DecodeUTF8(text.data(), n, "replace")
+
+
+cdef inline int32_t _batch_add(llama_batch * b, llama_token token, llama_pos pos,
+                               llama_seq_id seq, cbool logits) noexcept nogil:
+    cdef int32_t row = b.n_tokens
+    b.token[row] = token
+    b.pos[row] = pos
+    b.n_seq_id[row] = 1
+    b.seq_id[row][0] = seq
+    b.logits[row] = logits
+    b.n_tokens += 1
+    return row

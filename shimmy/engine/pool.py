@@ -1,0 +1,48 @@
+"""Loaded models by name: each loads on first use, once, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shimmy.engine.loaded import EngineSettings, LoadedModel
+from shimmy.errors import ApiError
+from shimmy.models.registry import ModelRegistry
+
+log = logging.getLogger("shimmy.engine")
+
+
+class ModelPool:
+    def __init__(self, registry: ModelRegistry, settings: EngineSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._loaded: dict[str, LoadedModel] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    @property
+    def loaded(self) -> dict[str, LoadedModel]:
+        return dict(self._loaded)
+
+    async def get(self, name: str | None) -> LoadedModel:
+        """The loaded model for a request's ``model`` field (``default`` allowed)."""
+        entry = self.registry.resolve(name)
+        if (model := self._loaded.get(entry.name)) is not None:
+            return model
+        lock = self._loading.setdefault(entry.name, asyncio.Lock())
+        async with lock:
+            if (model := self._loaded.get(entry.name)) is not None:
+                return model
+            try:
+                model = await asyncio.to_thread(
+                    LoadedModel, entry.name, entry.path, self.settings, list(entry.loras))
+            except Exception as exc:
+                log.error("loading %s failed: %s", entry.name, exc)
+                raise ApiError(500, "generation_failed",
+                               f"Model '{entry.name}' could not be loaded", str(exc)) from None
+            self._loaded[entry.name] = model
+            return model
+
+    def close(self) -> None:
+        for model in self._loaded.values():
+            model.close()
+        self._loaded.clear()

@@ -1,0 +1,226 @@
+"""Continuous batching: one thread per loaded model drives its slots.
+
+Requests queue here; the thread admits them into free slots when their context
+reservation fits, calls ``BatchEngine.step()`` (one token for every active slot,
+prompt chunks beside them) and hands the pieces to each request's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("shimmy.engine")
+
+
+@dataclass(slots=True)
+class Sampling:
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+class GenerationError(RuntimeError):
+    """llama.cpp failed while this request was running."""
+
+
+class Generation:
+    """One request's passage through the scheduler, seen from the asyncio side.
+
+    Iterate it for text pieces; afterwards ``finish_reason`` and the token counts
+    are set. ``cancel()`` (or closing the iterator early) frees the slot before the
+    scheduler's next step.
+    """
+
+    def __init__(self, prompt: list[int], max_tokens: int, sampling: Sampling,
+                 stop: list[str], ignore_eos: bool = False) -> None:
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+        self.sampling = sampling
+        self.stop = stop
+        self.ignore_eos = ignore_eos
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+        self.error: str | None = None
+        self.cancelled = False
+        self._loop = asyncio.get_running_loop()
+        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def context_need(self) -> int:
+        return len(self.prompt) + self.max_tokens
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            while (piece := await self._pieces.get()) is not None:
+                yield piece
+        finally:
+            if self.finish_reason is None and self.error is None:
+                self.cancel()
+        if self.error is not None:
+            raise GenerationError(self.error)
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self])
+
+    def cancel(self) -> None:
+        if not self.cancelled and self._scheduler is not None:
+            self.cancelled = True
+            self._scheduler.wake()
+
+    # called on the event loop's thread, scheduled by the scheduler thread
+    def _feed(self, text: str, finish: str | None, completion_tokens: int) -> None:
+        if text:
+            self._pieces.put_nowait(text)
+        if finish is not None:
+            self.finish_reason = finish
+            self.completion_tokens = completion_tokens
+            self._pieces.put_nowait(None)
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self._pieces.put_nowait(None)
+
+
+class Scheduler:
+    """Owns a ``BatchEngine``; only its thread touches it."""
+
+    def __init__(self, engine: Any, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._queue: deque[Generation] = deque()
+        self._slots: list[Generation | None] = [None] * engine.n_slots
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def n_active(self) -> int:
+        return sum(slot is not None for slot in self._slots)
+
+    @property
+    def n_queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, generation: Generation) -> None:
+        generation._scheduler = self
+        with self._wake:
+            self._queue.append(generation)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._has_work():
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            if self.n_active:
+                self._step()
+        self._fail_all("the model was unloaded")
+
+    def _has_work(self) -> bool:
+        return bool(self._queue) or self.n_active > 0
+
+    def _reserved(self) -> int:
+        return sum(g.context_need for g in self._slots if g is not None)
+
+    def _admit(self) -> None:
+        # first come, first served: a request that does not fit yet waits at the head
+        while self._queue:
+            head = self._queue[0]
+            if head.cancelled:
+                self._queue.popleft()
+                continue
+            free = next((i for i, g in enumerate(self._slots) if g is None), None)
+            if free is None or self._reserved() + head.context_need > self.engine.n_ctx:
+                return
+            self._queue.popleft()
+            s = head.sampling
+            sampling = {
+                "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+                "min_p": s.min_p, "repeat_penalty": s.repeat_penalty,
+                "frequency_penalty": s.frequency_penalty, "presence_penalty": s.presence_penalty,
+                "penalty_last_n": s.penalty_last_n, "seed": s.seed, "logit_bias": s.logit_bias,
+            }
+            self.engine.start(free, head.prompt, sampling, head.stop, head.max_tokens,
+                              head.ignore_eos)
+            self._slots[free] = head
+
+    def _drop_cancelled(self) -> None:
+        for index, generation in enumerate(self._slots):
+            if generation is not None and generation.cancelled:
+                self.engine.release(index)
+                self._slots[index] = None
+                log.debug("slot %d freed: request cancelled", index)
+
+    def _step(self) -> None:
+        try:
+            events = self.engine.step()
+        except Exception as exc:  # llama.cpp failed the batch: fail its requests, keep serving
+            log.error("decode failed on %s: %s", self.name, exc)
+            self._fail_all(str(exc))
+            return
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
+        for index, text, finish, count in events:
+            generation = self._slots[index]
+            if generation is None:
+                continue
+            if finish is not None:
+                self._slots[index] = None
+            deliveries.setdefault(generation._loop, []).append((generation, text, finish, count))
+        for loop, batch in deliveries.items():
+            _call_soon(loop, _deliver, batch)
+
+    def _fail_all(self, message: str) -> None:
+        with self._wake:
+            waiting = list(self._queue)
+            self._queue.clear()
+        for index, generation in enumerate(self._slots):
+            if generation is not None:
+                self.engine.release(index)
+                self._slots[index] = None
+                waiting.append(generation)
+        for generation in waiting:
+            _call_soon(generation._loop, generation._fail, message)
+
+
+def _deliver(batch: list[tuple]) -> None:
+    for generation, text, finish, count in batch:
+        generation._feed(text, finish, count)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is listening
+        loop.call_soon_threadsafe(callback, *args)
