@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import http.client
 import json
-import socket
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO
 
 import pytest
+from clients import WsClient, connect, wait_closed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -208,10 +208,6 @@ def port() -> Iterator[int]:
     server.stop()
 
 
-def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=3)
-
-
 def request_bytes(method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: test"]
     if body:
@@ -266,16 +262,6 @@ def assert_error(body: bytes, code: str) -> dict[str, Any]:
     assert set(error) == {"code", "message", "details"}
     assert error["code"] == code
     return error
-
-
-def wait_closed(sock: socket.socket, timeout: float = 1.5) -> bytes:
-    """Read until the server closes; returns what came before the close."""
-    sock.settimeout(timeout)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
 
 
 # --- HTTP ---
@@ -570,50 +556,6 @@ def test_shutdown_cancels_running_streams() -> None:
 
 
 # --- WebSocket ---
-
-
-class WsClient:
-    def __init__(self, port: int, path: str) -> None:
-        self.sock = connect(port)
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.pending: deque[Event] = deque()
-        self.send(WsRequest(host="127.0.0.1", target=path))
-        accepted = self.next_event()
-        assert isinstance(accepted, AcceptConnection), accepted
-
-    def send(self, event: Event) -> None:
-        self.sock.sendall(self.ws.send(event))
-
-    def next_event(self) -> Event:
-        while not self.pending:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("server closed the socket")
-            self.ws.receive_data(data)
-            self.pending.extend(self.ws.events())
-        return self.pending.popleft()
-
-    def receive_text(self) -> str:
-        parts = []
-        while True:
-            event = self.next_event()
-            assert isinstance(event, TextMessage), event
-            parts.append(event.data)
-            if event.message_finished:
-                return "".join(parts)
-
-    def expect_close(self, code: int) -> CloseConnection:
-        event = self.next_event()
-        assert isinstance(event, CloseConnection), event
-        assert event.code == code
-        return event
-
-    def assert_socket_closed(self) -> None:
-        assert wait_closed(self.sock) == b""
-        self.sock.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_websocket_handshake_and_echo_on_one_connection(port: int) -> None:

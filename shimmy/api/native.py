@@ -52,6 +52,7 @@ class NativeApi:
                 "description": _describe(entry),
                 "default": default is not None and entry.name == default.name,
                 "loaded": entry.name in loaded,
+                **_slots(loaded.get(entry.name)),
                 **entry.describe(),
             }
             for entry in registry.entries()
@@ -111,6 +112,14 @@ async def _sse_stream(generation: Generation) -> AsyncIterator[bytes]:
         log.exception("stream failed")
         yield sse_data(server_error(str(exc)).body())
     yield SSE_DONE
+
+
+def _slots(model: LoadedModel | None) -> dict:
+    if model is None:
+        return {}
+    scheduler = model.scheduler
+    return {"slots": {"total": model.engine.n_slots, "busy": scheduler.n_active,
+                      "queued": scheduler.n_queued}, "context_length": model.n_ctx}
 
 
 def _usage(generation: Generation) -> dict[str, int]:

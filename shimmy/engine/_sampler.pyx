@@ -40,6 +40,11 @@ cdef extern from "llama.h" nogil:
         LLAMA_LOAD_MODE_NONE
         LLAMA_LOAD_MODE_MMAP
 
+    cdef enum llama_flash_attn_type:
+        LLAMA_FLASH_ATTN_TYPE_AUTO
+        LLAMA_FLASH_ATTN_TYPE_DISABLED
+        LLAMA_FLASH_ATTN_TYPE_ENABLED
+
     cdef enum ggml_log_level:
         GGML_LOG_LEVEL_NONE
         GGML_LOG_LEVEL_DEBUG
@@ -62,7 +67,9 @@ cdef extern from "llama.h" nogil:
         uint32_t n_seq_max
         int32_t n_threads
         int32_t n_threads_batch
+        llama_flash_attn_type flash_attn_type
         cbool no_perf
+        cbool swa_full
         cbool kv_unified
 
     ctypedef struct llama_sampler_chain_params:
@@ -441,10 +448,13 @@ cdef struct Slot:
 
 
 cdef class BatchEngine:
-    """A llama.cpp context with ``n_slots`` sequences sharing one unified KV cache.
+    """A llama.cpp context with ``n_slots`` sequences, each able to hold ``n_ctx`` tokens.
 
-    ``step()`` advances every active slot by one token (prefilling prompts in
-    chunks beside them) and returns what each slot produced.
+    Every slot has a KV stream of its own (not one unified buffer) and attention runs
+    without flash attention: a sequence's cells then sit at the same places, and its
+    sums run in the same order, whatever the other slots hold. Together with
+    ``step()``'s fixed prompt chunks this makes generation batch-invariant. Sliding-
+    window layers keep only their window, which keeps the cost of n_slots streams low.
     """
 
     cdef Model model
@@ -459,13 +469,15 @@ cdef class BatchEngine:
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=512):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
-        params.n_ctx = n_ctx
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ctx = n_ctx * n_slots
+        params.n_batch = max(n_batch, n_slots)
+        params.n_ubatch = params.n_batch
         params.n_seq_max = n_slots
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.kv_unified = True
+        params.kv_unified = False
+        params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.swa_full = False
         params.no_perf = True
         self.model = model
         take_log_tail()
@@ -477,11 +489,11 @@ cdef class BatchEngine:
             scales.assign(model.loras.size(), 1.0)
             llama_set_adapters_lora(self.ctx, model.loras.data(), model.loras.size(),
                                     scales.data())
-        self.n_ctx = llama_n_ctx(self.ctx)
-        self.n_batch = llama_n_batch(self.ctx)
+        self.n_ctx = llama_n_ctx_seq(self.ctx)
+        self.n_batch = n_batch
         self.n_slots = n_slots
         self.n_threads = n_threads
-        self.batch = llama_batch_init(self.n_batch, 0, 1)
+        self.batch = llama_batch_init(params.n_batch, 0, 1)
         self.slots.resize(n_slots)
         for i in range(n_slots):
             self.slots[i].state = IDLE
@@ -533,7 +545,8 @@ cdef class BatchEngine:
         s.pending.clear()
         s.stops.clear()
         for stop in stops:
-            s.stops.push_back((<str> stop).encode("utf-8"))
+            if stop:
+                s.stops.push_back((<str> stop).encode("utf-8"))
         s.ignore_eos = ignore_eos
         s.chain = self._make_chain(sampling, prompt)
         s.state = PREFILL
@@ -580,28 +593,37 @@ cdef class BatchEngine:
         s.pending.clear()
 
     def step(self) -> list:
-        """Decode one batch; return ``[(slot, text, finish_reason | None, n_generated)]``.
+        """Advance the slots; return ``[(slot, text, finish_reason | None, n_generated)]``.
 
+        One ``llama_decode`` moves every generating slot by a token; a second reads
+        the next prompt chunk of one prefilling slot. Keeping the two apart, with
+        chunks of a fixed size, makes each request's arithmetic the same whether it
+        runs alone or beside others, so a seed gives the same text either way.
         ``finish_reason`` is ``"stop"`` or ``"length"`` on a slot's last event; the
-        slot is then released. Raises ``LlamaError`` if llama.cpp fails the batch.
+        slot is then released. Raises ``LlamaError`` if llama.cpp fails a batch.
         """
-        cdef int n = self._fill_batch()
+        events = []
+        if self._fill_decode():
+            self._decode()
+            events = self._sample_all()
+        if self._fill_prefill():
+            self._decode()
+            events.extend(self._sample_all())
+        return events
+
+    cdef void _decode(self) except *:
         cdef int32_t status
-        if n == 0:
-            return []
         with nogil:
             status = llama_decode(self.ctx, self.batch)
         if status != 0:
+            for i in range(self.slots.size()):
+                self.slots[i].batch_row = -1
             raise LlamaError(f"llama_decode failed with status {status}"
                              + (" (no free KV cache cell)" if status == 1 else ""))
-        return self._sample_all()
 
-    cdef int _fill_batch(self):
+    cdef int _fill_decode(self):
         cdef llama_batch * b = &self.batch
         cdef Slot * s
-        cdef int budget
-        cdef int32_t row = -1
-        cdef size_t chunk, end
         b.n_tokens = 0
         for i in range(self.slots.size()):
             s = &self.slots[i]
@@ -609,15 +631,22 @@ cdef class BatchEngine:
             if s.state == GENERATE:
                 s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
                 s.n_past += 1
+        return b.n_tokens
+
+    cdef int _fill_prefill(self):
+        """The next chunk of the first slot still reading its prompt."""
+        cdef llama_batch * b = &self.batch
+        cdef Slot * s
+        cdef int32_t row = -1
+        cdef size_t end
+        b.n_tokens = 0
+        for i in range(self.slots.size()):
+            self.slots[i].batch_row = -1
         for i in range(self.slots.size()):
             s = &self.slots[i]
-            budget = self.n_batch - b.n_tokens
-            if s.state != PREFILL or budget <= 0:
+            if s.state != PREFILL:
                 continue
-            chunk = s.prompt.size() - s.n_prefilled
-            if chunk > <size_t> budget:
-                chunk = budget
-            end = s.n_prefilled + chunk
+            end = min(s.prompt.size(), s.n_prefilled + <size_t> self.n_batch)
             while s.n_prefilled < end:
                 row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, i,
                                  s.n_prefilled + 1 == s.prompt.size())
@@ -625,6 +654,7 @@ cdef class BatchEngine:
                 s.n_past += 1
             if s.n_prefilled == s.prompt.size():
                 s.batch_row = row
+            break
         return b.n_tokens
 
     cdef list _sample_all(self):
@@ -660,9 +690,9 @@ cdef class BatchEngine:
                 if stop_at >= 0:
                     return (index, _decode(s.pending, stop_at), "stop", s.n_generated)
         if eog:
-            return (index, _decode(s.pending, s.pending.size()), "stop", s.n_generated)
+            return (index, _decode_complete(s.pending), "stop", s.n_generated)
         if s.n_generated >= s.max_tokens or s.n_past + 1 >= self.n_ctx:
-            return (index, _decode(s.pending, s.pending.size()), "length", s.n_generated)
+            return (index, _decode_complete(s.pending), "length", s.n_generated)
         ready = s.pending.size() - _stop_hold_len(s.pending, s.stops)
         if ready == 0:
             return None
@@ -673,10 +703,6 @@ cdef class BatchEngine:
         s.pending.erase(0, ready)
         return (index, text, None, s.n_generated)
 
-    @property
-    def n_ctx_seq(self) -> int:
-        return llama_n_ctx_seq(self.ctx)
-
 
 cdef inline size_t _scan_start(size_t before, const vector[string] & stops) noexcept nogil:
     """Stop strings can only newly end in the bytes just added, so search from there."""
@@ -685,6 +711,11 @@ cdef inline size_t _scan_start(size_t before, const vector[string] & stops) noex
         if stops[s].size() > longest:
             longest = stops[s].size()
     return before - longest + 1 if before + 1 > longest else 0
+
+
+cdef inline str _decode_complete(const string & text):
+    """The final text of a slot: a character cut off by the end is dropped, not mangled."""
+    return _decode(text, _utf8_complete_len(text))
 
 
 cdef inline str _decode(const string & text, size_t n):

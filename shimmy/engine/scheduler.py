@@ -1,8 +1,8 @@
 """Continuous batching: one thread per loaded model drives its slots.
 
-Requests queue here; the thread admits them into free slots when their context
-reservation fits, calls ``BatchEngine.step()`` (one token for every active slot,
-prompt chunks beside them) and hands the pieces to each request's event loop.
+Requests queue here; the thread admits them into free slots in arrival order, calls
+``BatchEngine.step()`` (one token for every generating slot, the next prompt chunk of
+a prefilling one) and hands the pieces to each request's event loop.
 """
 
 from __future__ import annotations
@@ -63,10 +63,6 @@ class Generation:
     @property
     def prompt_tokens(self) -> int:
         return len(self.prompt)
-
-    @property
-    def context_need(self) -> int:
-        return len(self.prompt) + self.max_tokens
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
@@ -153,18 +149,14 @@ class Scheduler:
     def _has_work(self) -> bool:
         return bool(self._queue) or self.n_active > 0
 
-    def _reserved(self) -> int:
-        return sum(g.context_need for g in self._slots if g is not None)
-
     def _admit(self) -> None:
-        # first come, first served: a request that does not fit yet waits at the head
         while self._queue:
             head = self._queue[0]
             if head.cancelled:
                 self._queue.popleft()
                 continue
             free = next((i for i, g in enumerate(self._slots) if g is None), None)
-            if free is None or self._reserved() + head.context_need > self.engine.n_ctx:
+            if free is None:
                 return
             self._queue.popleft()
             s = head.sampling
