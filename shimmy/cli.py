@@ -44,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = _command(commands, "serve", "run the HTTP/WebSocket server", _run_serve)
-    serve.add_argument("--bind", metavar="HOST:PORT",
-                       help=f"address to listen on (default {DEFAULT_HOST}:{DEFAULT_PORT})")
-    serve.add_argument("--port", type=int, metavar="N", help="port, overriding --bind's")
+    _address_options(serve)
     _engine_options(serve)
 
     generate = _command(commands, "generate", "generate text and stream it to stdout",
@@ -61,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, run in (
         ("list", "list the models shimmy can serve", _run_list),
         ("discover", "show where models were looked for, found and skipped", _run_discover),
-        ("diag", "print diagnostics about this machine and shimmy", _run_diag),
     ):
         _model_options(_command(commands, name, help_text, run))
+    diag = _command(commands, "diag", "print diagnostics about this machine and shimmy",
+                    _run_diag)
+    _address_options(diag)  # diag reports whether the port serve would use is free
+    _engine_options(diag)
     probe = _command(commands, "probe", "load a model, decode one token, report", _run_probe)
     probe.add_argument("model", nargs="?", default="default", help="model name")
     _engine_options(probe)
@@ -86,6 +87,12 @@ def _command(commands, name: str, help_text: str, run) -> argparse.ArgumentParse
                      help="log debug detail")
     sub.set_defaults(run=run)
     return sub
+
+
+def _address_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", metavar="HOST:PORT",
+                        help=f"address to listen on (default {DEFAULT_HOST}:{DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, metavar="N", help="port, overriding --bind's")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:

@@ -33,15 +33,16 @@ async def serve(config: Config) -> int:
         print(f"error: cannot listen on {config.host}:{config.port}: {_why(exc)}",
               file=sys.stderr)
         return 1
-    default = state.registry.default()
-    print(f"shimmy listening on http://{config.host}:{server.port} "
-          f"({len(state.registry.entries())} models; default: "
-          f"{default.name if default else 'none'})", flush=True)
+    # handle signals before the banner: whoever waits for it may signal at once
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    default = state.registry.default()
+    print(f"shimmy listening on http://{config.host}:{server.port} "
+          f"({len(state.registry.entries())} models; default: "
+          f"{default.name if default else 'none'})", flush=True)
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()
     log.info("shutting down")

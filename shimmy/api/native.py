@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from shimmy.api.params import GenerateParams, generate_params
 from shimmy.api.state import AppState
+from shimmy.api.streams import GenerationStream
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import ApiError, generation_failed, server_error
@@ -35,7 +36,7 @@ class NativeApi:
         params = generate_params(request.json())
         model, generation = await self._start(params)
         if params.stream:
-            return StreamResponse(_sse_stream(generation))
+            return StreamResponse(GenerationStream(generation, _sse_stream(generation)))
         text = await _collect(generation)
         return Response.json({
             "choices": [{"text": text, "index": 0, "finish_reason": generation.finish_reason}],

@@ -69,16 +69,20 @@ class Generation:
             while (piece := await self._pieces.get()) is not None:
                 yield piece
         finally:
-            if self.finish_reason is None and self.error is None:
-                self.cancel()
+            self.cancel()
         if self.error is not None:
             raise GenerationError(self.error)
 
     async def text(self) -> str:
         return "".join([piece async for piece in self])
 
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
     def cancel(self) -> None:
-        if not self.cancelled and self._scheduler is not None:
+        """Stop generating; the slot is freed before the scheduler's next step."""
+        if not self.cancelled and not self.finished and self._scheduler is not None:
             self.cancelled = True
             self._scheduler.wake()
 
