@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import signal
+import socket
 import sys
 
 from shimmy.api.routes import build_router
@@ -26,6 +27,9 @@ def build_state(config: Config) -> AppState:
 
 async def serve(config: Config) -> int:
     state = build_state(config)
+    if problem := explicit_model_problem(config, state.registry):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     server = Server(build_router(state), config.host, config.port)
     try:
         await server.start()
@@ -54,11 +58,25 @@ async def serve(config: Config) -> int:
     return 0
 
 
+def explicit_model_problem(config: Config, registry: ModelRegistry) -> str | None:
+    """Why the file given with --model-path cannot be served, if it cannot."""
+    if config.model_path is None:
+        return None
+    wanted = config.model_path.resolve()
+    if any(entry.path.resolve() == wanted for entry in registry.entries()):
+        return None
+    reasons = [skip.reason for skip in registry.report.skipped
+               if skip.path.resolve() == wanted]
+    return f"--model-path {config.model_path}: {reasons[0] if reasons else 'not usable'}"
+
+
 def _why(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return "the port is already in use (is another shimmy running? try --port)"
     if exc.errno == errno.EACCES:
         return "permission denied (ports below 1024 need privileges)"
-    if exc.errno in (errno.EADDRNOTAVAIL, -2, -3, -5):
+    if exc.errno == errno.EADDRNOTAVAIL:
         return "that address does not belong to this machine"
+    if isinstance(exc, socket.gaierror):
+        return "that host name does not resolve to an address"
     return exc.strerror or str(exc)

@@ -16,7 +16,7 @@ import pytest
 from clients import WsClient, request_json, sse_events
 from conftest import ShimmyProcess, isolated_env
 from gguf_factory import write_gguf
-from tiny_model import write_spelling_model
+from tiny_model import BOS, byte_token, write_redirect_lora, write_spelling_model
 from wsproto.events import TextMessage
 
 TEXT = "Ω:wö 😀中!"  # every byte distinct: the tiny model can spell it
@@ -27,6 +27,7 @@ def models_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimmyPr
     home = tmp_path_factory.mktemp("home")
     models = tmp_path_factory.mktemp("models")
     write_spelling_model(models / "Spell.gguf", TEXT)
+    write_spelling_model(models / "parts.gguf", TEXT, split_max_tensors=4)  # three shards
     write_gguf(models / "broken.gguf")  # a readable header llama.cpp cannot load
     (models / "junk.gguf").write_bytes(os.urandom(4096))
     process = ShimmyProcess(["--model-dirs", str(models), "--threads", "1", "--ctx", "256"],
@@ -49,7 +50,16 @@ def stream(port: int, **fields) -> tuple[list[str], dict]:
 def test_listing_has_real_models_only(models_server: ShimmyProcess) -> None:
     status, body = request_json(models_server.port, "GET", "/api/models")
     assert status == 200
-    assert sorted(model["id"] for model in body["models"]) == ["broken", "spell"]
+    assert sorted(model["id"] for model in body["models"]) == ["broken", "parts", "spell"]
+    (parts,) = [model for model in body["models"] if model["id"] == "parts"]
+    assert len(parts["shards"]) == 3 and parts["path"].endswith("parts-00001-of-00003.gguf")
+
+
+def test_split_model_loads_from_its_first_shard(models_server: ShimmyProcess) -> None:
+    status, body = request_json(models_server.port, "POST", "/api/generate",
+                                {"model": "parts", "prompt": "", "temperature": 0})
+    assert status == 200, body
+    assert body["choices"][0]["text"] == TEXT
 
 
 def test_greedy_output_is_exact(models_server: ShimmyProcess) -> None:
@@ -125,5 +135,25 @@ def test_model_path_flag_serves_exactly_that_file(tmp_path: Path) -> None:
         status, body = request_json(process.port, "POST", "/api/generate",
                                     {"model": "default", "prompt": "", "temperature": 0})
         assert status == 200 and body["choices"][0]["text"] == TEXT
+    finally:
+        process.stop()
+
+
+def test_lora_next_to_its_base_is_applied_not_listed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_spelling_model(models / "base.gguf", TEXT)
+    # after <s> the adapter jumps to the third byte of the text, skipping "Ω"
+    third = byte_token(TEXT.encode()[2])
+    write_redirect_lora(models / "base-redirect.gguf", after=BOS, goes_to=third)
+    process = ShimmyProcess(["--model-dirs", str(models), "--threads", "1", "--ctx", "256"],
+                            isolated_env(tmp_path), tmp_path)
+    try:
+        _, listing = request_json(process.port, "GET", "/api/models")
+        assert [m["id"] for m in listing["models"]] == ["base"]
+        assert listing["models"][0]["loras"][0].endswith("base-redirect.gguf")
+        status, body = request_json(process.port, "POST", "/api/generate",
+                                    {"model": "base", "prompt": "", "temperature": 0})
+        assert status == 200, body
+        assert body["choices"][0]["text"] == TEXT.encode()[2:].decode()
     finally:
         process.stop()

@@ -168,20 +168,51 @@ def _add_tensors(writer: GGUFWriter, output: np.ndarray) -> None:
 
 
 def write_spelling_model(
-    path: Path, text: str, *, eos_after: bool = True, chat_template: str | None = None
+    path: Path,
+    text: str,
+    *,
+    eos_after: bool = True,
+    chat_template: str | None = None,
+    split_max_tensors: int = 0,
 ) -> Path:
     """Write a GGUF whose greedy output is the UTF-8 bytes of ``text``, then ``</s>``.
 
-    Without ``eos_after`` it starts over at the first byte instead. See the module
+    With ``split_max_tensors`` the model is written as shards ``<stem>-0000i-of-0000n.gguf``
+    of at most that many tensors each. Without ``eos_after`` it starts over at the first
+    byte instead. See the module
     docstring for the precondition on ``text`` and the role of the last prompt token.
     """
     follow = successors(text, eos_after=eos_after)
     output = _output_matrix(follow, byte_token(text.encode("utf-8")[0]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = GGUFWriter(path, "llama")
+    writer = GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
     _add_hparams(writer)
     _add_tokenizer(writer, chat_template)
     _add_tensors(writer, output)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_redirect_lora(path: Path, after: int, goes_to: int, strength: float = 50.0) -> Path:
+    """A rank-1 LoRA adapter for a spelling model: token ``after`` is followed by ``goes_to``.
+
+    It adds ``strength`` to ``output.weight[goes_to, after]``, which outweighs the base
+    model's successor by far, so applying it visibly changes the greedy output.
+    """
+    lora_a = np.zeros((1, N_EMBD), dtype=np.float32)  # ggml ne [n_embd, rank]
+    lora_a[0, after] = 1.0
+    lora_b = np.zeros((N_VOCAB, 1), dtype=np.float32)  # ggml ne [rank, n_vocab]
+    lora_b[goes_to, 0] = strength
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = GGUFWriter(path, "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 1.0)
+    writer.add_tensor("output.weight.lora_a", lora_a)
+    writer.add_tensor("output.weight.lora_b", lora_b)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -130,7 +130,9 @@ def discover(
         scanned.add(real)
         candidates.extend(_collect(place, report.skipped))
     adapters = _load(candidates, report)
-    if not report.models and include_embedded:
+    # a model the user named explicitly is never silently replaced by the embedded one
+    explicit = model_path is not None or bool(env.get("SHIMMY_BASE_GGUF"))
+    if not report.models and include_embedded and not explicit:
         _load(_embedded_candidates(report), report)
     _attach_adapters(adapters, report)
     _attach_env_lora(env, home, cwd, report)
