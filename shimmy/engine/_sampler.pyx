@@ -155,6 +155,8 @@ cdef extern from "llama.h" nogil:
     llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n,
                                                  float penalty_repeat, float penalty_freq,
                                                  float penalty_present)
+    llama_sampler * llama_sampler_init_grammar(const llama_vocab * vocab, const char * grammar_str,
+                                               const char * grammar_root)
     llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
                                                   const llama_logit_bias * logit_bias)
     void llama_sampler_accept(llama_sampler * smpl, llama_token token)
@@ -337,6 +339,16 @@ cdef class Model:
         cdef string piece
         _append_piece(self.vocab, token, piece, special)
         return piece
+
+    def grammar_error(self, str gbnf) -> str | None:
+        """Why llama.cpp rejects a GBNF grammar (root rule ``root``), or None if it parses."""
+        cdef bytes data = gbnf.encode("utf-8")
+        take_log_tail()
+        cdef llama_sampler * grammar = llama_sampler_init_grammar(self.vocab, data, b"root")
+        if grammar is NULL:
+            return take_log_tail() or "the grammar does not parse"
+        llama_sampler_free(grammar)
+        return None
 
     def detokenize(self, list tokens, bint special=False) -> str:
         cdef vector[llama_token] toks
@@ -560,6 +572,16 @@ cdef class BatchEngine:
         cdef float presence = p.get("presence_penalty", 0.0)
         cdef vector[llama_logit_bias] biases
         cdef llama_logit_bias bias
+        cdef llama_sampler * grammar
+        cdef bytes gbnf
+        if p.get("grammar"):
+            gbnf = p["grammar"].encode("utf-8")
+            take_log_tail()
+            grammar = llama_sampler_init_grammar(self.model.vocab, gbnf, b"root")
+            if grammar is NULL:
+                llama_sampler_free(chain)
+                raise LlamaError(take_log_tail() or "the grammar does not parse")
+            llama_sampler_chain_add(chain, grammar)
         for token, value in (p.get("logit_bias") or {}).items():
             bias.token = token
             bias.bias = value
