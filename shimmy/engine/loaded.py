@@ -20,7 +20,7 @@ class EngineSettings:
     parallel: int = 4
     threads: int = 2
     gpu_layers: int = 0
-    batch: int = 512
+    batch: int = 256  # prompt chunk; also the unit in which cached prefixes are reused
     use_mmap: bool = True
 
 
@@ -50,11 +50,21 @@ class LoadedModel:
     def n_ctx(self) -> int:
         return self.engine.n_ctx
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.model.tokenize(text, True, False)
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        """Text to tokens with the model's start token; ``special`` parses control tokens
+        written as text (a rendered chat template), and then adds the start token only
+        when the text does not already begin with it."""
+        if not special:
+            return self.model.tokenize(text, True, False)
+        tokens = self.model.tokenize(text, False, True)
+        bos = self.model.bos_token
+        if self.model.adds_bos and bos >= 0 and (not tokens or tokens[0] != bos):
+            tokens.insert(0, bos)
+        return tokens
 
     def generate(self, prompt: str | list[int], max_tokens: int, sampling: Sampling,
-                 stop: list[str] | None = None, ignore_eos: bool = False) -> Generation:
+                 stop: list[str] | None = None, ignore_eos: bool = False,
+                 logprobs: int = -1) -> Generation:
         """Queue a generation; must be called on the event loop that will consume it."""
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else prompt
         if not tokens:
@@ -67,7 +77,7 @@ class LoadedModel:
                 "Prompt and max_tokens exceed the context length",
             )
         generation = Generation(tokens, max_tokens, sampling, [s for s in stop or () if s],
-                                ignore_eos)
+                                ignore_eos, logprobs)
         self.scheduler.submit(generation)
         return generation
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ class Sampling:
     penalty_last_n: int = 64
     seed: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, root rule "root"
 
 
 class GenerationError(RuntimeError):
@@ -40,31 +43,41 @@ class GenerationError(RuntimeError):
 class Generation:
     """One request's passage through the scheduler, seen from the asyncio side.
 
-    Iterate it for text pieces; afterwards ``finish_reason`` and the token counts
-    are set. ``cancel()`` (or closing the iterator early) frees the slot before the
-    scheduler's next step.
+    Iterate it for text pieces (or ``pieces()`` for text with log-probabilities);
+    afterwards ``finish_reason`` and the token counts are set. ``cancel()`` (or
+    closing the iterator early) frees the slot before the scheduler's next step.
     """
 
     def __init__(self, prompt: list[int], max_tokens: int, sampling: Sampling,
-                 stop: list[str], ignore_eos: bool = False) -> None:
+                 stop: list[str], ignore_eos: bool = False, logprobs: int = -1) -> None:
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.sampling = sampling
         self.stop = stop
         self.ignore_eos = ignore_eos
+        self.logprobs = logprobs
         self.finish_reason: str | None = None
         self.completion_tokens = 0
+        self.cached_tokens = 0
         self.error: str | None = None
         self.cancelled = False
+        self.submitted_at = time.perf_counter()
+        self.first_piece_at: float | None = None
+        self.finished_at: float | None = None
         self._loop = asyncio.get_running_loop()
-        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self._pieces: asyncio.Queue[tuple[str, list | None] | None] = asyncio.Queue()
         self._scheduler: Scheduler | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.prompt)
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    async def pieces(self) -> AsyncIterator[tuple[str, list | None]]:
+        """``(text, logprobs)`` as generated; logprobs is None unless asked for."""
         try:
             while (piece := await self._pieces.get()) is not None:
                 yield piece
@@ -73,12 +86,13 @@ class Generation:
         if self.error is not None:
             raise GenerationError(self.error)
 
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for text, _ in self.pieces():
+            if text:
+                yield text
+
     async def text(self) -> str:
         return "".join([piece async for piece in self])
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None or self.error is not None
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed before the scheduler's next step."""
@@ -87,16 +101,21 @@ class Generation:
             self._scheduler.wake()
 
     # called on the event loop's thread, scheduled by the scheduler thread
-    def _feed(self, text: str, finish: str | None, completion_tokens: int) -> None:
-        if text:
-            self._pieces.put_nowait(text)
+    def _feed(self, text: str, finish: str | None, completion_tokens: int,
+              logprobs: list | None) -> None:
+        if self.first_piece_at is None:
+            self.first_piece_at = time.perf_counter()
+        if text or logprobs:
+            self._pieces.put_nowait((text, logprobs))
         if finish is not None:
             self.finish_reason = finish
             self.completion_tokens = completion_tokens
+            self.finished_at = time.perf_counter()
             self._pieces.put_nowait(None)
 
     def _fail(self, message: str) -> None:
         self.error = message
+        self.finished_at = time.perf_counter()
         self._pieces.put_nowait(None)
 
 
@@ -159,19 +178,18 @@ class Scheduler:
             if head.cancelled:
                 self._queue.popleft()
                 continue
-            free = next((i for i, g in enumerate(self._slots) if g is None), None)
-            if free is None:
+            free = self.engine.choose_slot(head.prompt)
+            if free < 0:
                 return
             self._queue.popleft()
-            s = head.sampling
-            sampling = {
-                "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-                "min_p": s.min_p, "repeat_penalty": s.repeat_penalty,
-                "frequency_penalty": s.frequency_penalty, "presence_penalty": s.presence_penalty,
-                "penalty_last_n": s.penalty_last_n, "seed": s.seed, "logit_bias": s.logit_bias,
-            }
-            self.engine.start(free, head.prompt, sampling, head.stop, head.max_tokens,
-                              head.ignore_eos)
+            sampling = dataclasses.asdict(head.sampling)
+            try:
+                head.cached_tokens = self.engine.start(
+                    free, head.prompt, sampling, head.stop, head.max_tokens, head.ignore_eos,
+                    head.logprobs)
+            except Exception as exc:  # e.g. a grammar llama.cpp refuses: this request only
+                _call_soon(head._loop, head._fail, str(exc))
+                continue
             self._slots[free] = head
 
     def _drop_cancelled(self) -> None:
@@ -189,13 +207,14 @@ class Scheduler:
             self._fail_all(str(exc))
             return
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
-        for index, text, finish, count in events:
+        for index, text, finish, count, logprobs in events:
             generation = self._slots[index]
             if generation is None:
                 continue
             if finish is not None:
                 self._slots[index] = None
-            deliveries.setdefault(generation._loop, []).append((generation, text, finish, count))
+            deliveries.setdefault(generation._loop, []).append(
+                (generation, text, finish, count, logprobs))
         for loop, batch in deliveries.items():
             _call_soon(loop, _deliver, batch)
 
@@ -213,8 +232,8 @@ class Scheduler:
 
 
 def _deliver(batch: list[tuple]) -> None:
-    for generation, text, finish, count in batch:
-        generation._feed(text, finish, count)
+    for generation, *event in batch:
+        generation._feed(*event)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
