@@ -8,12 +8,14 @@ from typing import Any
 class ApiError(Exception):
     """An error that reaches the client as JSON with an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, details: str = "") -> None:
+    def __init__(self, status: int, code: str, message: str, details: str = "",
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.param = param  # the request field at fault, for API families that report it
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -28,8 +30,9 @@ def model_not_found(name: str) -> ApiError:
     )
 
 
-def invalid_request(details: str, message: str = "Request format is invalid") -> ApiError:
-    return ApiError(400, "invalid_request", message, details)
+def invalid_request(details: str, message: str = "Request format is invalid",
+                    param: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request", message, details, param)
 
 
 def not_found(path: str) -> ApiError:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from tiny_model import write_spelling_model
 
-from shimmy.api.chat_template import (
+from shimmy.models.chat_template import (
     BUILTIN_TEMPLATES,
     ChatTemplate,
     ChatTemplateError,
@@ -720,7 +720,7 @@ def test_broken_templates_raise_chat_template_errors() -> None:
 
 
 def test_import_does_not_load_jinja() -> None:
-    code = "import sys, shimmy.api.chat_template; print('jinja2' in sys.modules)"
+    code = "import sys, shimmy.models.chat_template; print('jinja2' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

@@ -36,7 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, TokenType
+from gguf import GGUFWriter, PoolingType, TokenType
 
 UNK, BOS, EOS = 0, 1, 2
 FIRST_BYTE_TOKEN = 3
@@ -174,6 +174,7 @@ def write_spelling_model(
     eos_after: bool = True,
     chat_template: str | None = None,
     split_max_tensors: int = 0,
+    pooling_type: int | None = None,
 ) -> Path:
     """Write a GGUF whose greedy output is the UTF-8 bytes of ``text``, then ``</s>``.
 
@@ -187,6 +188,8 @@ def write_spelling_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
     _add_hparams(writer)
+    if pooling_type is not None:  # 1 = mean: llama.cpp then serves it as an embedding model
+        writer.add_pooling_type(PoolingType(pooling_type))
     _add_tokenizer(writer, chat_template)
     _add_tensors(writer, output)
     writer.write_header_to_file()

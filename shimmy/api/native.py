@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from shimmy.api.params import GenerateParams, generate_params
 from shimmy.api.state import AppState
-from shimmy.api.streams import GenerationStream
+from shimmy.api.streams import CancellingStream
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import ApiError, generation_failed, server_error
@@ -36,7 +36,7 @@ class NativeApi:
         params = generate_params(request.json())
         model, generation = await self._start(params)
         if params.stream:
-            return StreamResponse(GenerationStream(generation, _sse_stream(generation)))
+            return StreamResponse(CancellingStream(_sse_stream(generation), generation.cancel))
         text = await _collect(generation)
         return Response.json({
             "choices": [{"text": text, "index": 0, "finish_reason": generation.finish_reason}],
@@ -116,7 +116,7 @@ async def _sse_stream(generation: Generation) -> AsyncIterator[bytes]:
 
 
 def _slots(model: LoadedModel | None) -> dict:
-    if model is None:
+    if model is None or model.scheduler is None:
         return {}
     scheduler = model.scheduler
     return {"slots": {"total": model.engine.n_slots, "busy": scheduler.n_active,

@@ -33,9 +33,9 @@ def require_object(body: Any) -> dict[str, Any]:
 def string(body: dict[str, Any], key: str, default: str | None = None) -> str:
     value = body.get(key, default)
     if value is None:
-        raise invalid_request(f"'{key}' is required")
+        raise invalid_request(f"'{key}' is required", param=key)
     if not isinstance(value, str):
-        raise invalid_request(f"'{key}' must be a string, not {_kind(value)}")
+        raise invalid_request(f"'{key}' must be a string, not {_kind(value)}", param=key)
     return value
 
 
@@ -46,9 +46,9 @@ def integer(body: dict[str, Any], key: str, default: int, low: int, high: int) -
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid_request(f"'{key}' must be an integer, not {_kind(value)}")
+        raise invalid_request(f"'{key}' must be an integer, not {_kind(value)}", param=key)
     if not low <= value <= high:
-        raise invalid_request(f"'{key}' must be between {low} and {high}, got {value}")
+        raise invalid_request(f"'{key}' must be between {low} and {high}, got {value}", param=key)
     return value
 
 
@@ -57,9 +57,9 @@ def number(body: dict[str, Any], key: str, default: float, low: float, high: flo
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise invalid_request(f"'{key}' must be a number, not {_kind(value)}")
+        raise invalid_request(f"'{key}' must be a number, not {_kind(value)}", param=key)
     if not low <= value <= high:
-        raise invalid_request(f"'{key}' must be between {low} and {high}, got {value}")
+        raise invalid_request(f"'{key}' must be between {low} and {high}, got {value}", param=key)
     return float(value)
 
 
@@ -68,7 +68,7 @@ def boolean(body: dict[str, Any], key: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise invalid_request(f"'{key}' must be true or false, not {_kind(value)}")
+        raise invalid_request(f"'{key}' must be true or false, not {_kind(value)}", param=key)
     return value
 
 
@@ -78,9 +78,10 @@ def stop_strings(body: dict[str, Any], key: str = "stop") -> list[str]:
         return []
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise invalid_request(f"'{key}' must be a string or a list of strings")
+        raise invalid_request(f"'{key}' must be a string or a list of strings", param=key)
     if len(items) > MAX_STOP_STRINGS:
-        raise invalid_request(f"'{key}' has {len(items)} entries; at most {MAX_STOP_STRINGS}")
+        raise invalid_request(f"'{key}' has {len(items)} entries; at most {MAX_STOP_STRINGS}",
+                              param=key)
     return [s for s in items if s]
 
 
@@ -94,27 +95,31 @@ def logit_bias(body: dict[str, Any], n_vocab: int | None = None) -> dict[int, fl
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise invalid_request("'logit_bias' must be an object mapping token ids to biases")
+        raise invalid_request("'logit_bias' must be an object mapping token ids to biases",
+                              param="logit_bias")
     biases: dict[int, float] = {}
     for token, bias in value.items():
         try:
             token_id = int(token)
         except ValueError:
-            raise invalid_request(f"'logit_bias' key '{token}' is not a token id") from None
+            raise invalid_request(f"'logit_bias' key '{token}' is not a token id",
+                                  param="logit_bias") from None
         if token_id < 0 or (n_vocab is not None and token_id >= n_vocab):
-            raise invalid_request(f"'logit_bias' token id {token_id} is out of range")
+            raise invalid_request(f"'logit_bias' token id {token_id} is out of range",
+                                  param="logit_bias")
         if isinstance(bias, bool) or not isinstance(bias, int | float):
-            raise invalid_request(f"'logit_bias' value for {token} must be a number")
+            raise invalid_request(f"'logit_bias' value for {token} must be a number",
+                                  param="logit_bias")
         biases[token_id] = max(-100.0, min(100.0, float(bias)))
     return biases
 
 
-def sampling(body: dict[str, Any]) -> Sampling:
-    """The sampling fields shared by every generation route."""
+def sampling(body: dict[str, Any], temperature: float = 0.7, top_p: float = 0.95) -> Sampling:
+    """The sampling fields shared by every generation route (defaults differ by family)."""
     return Sampling(
-        temperature=number(body, "temperature", 0.7, 0.0, 2.0),
+        temperature=number(body, "temperature", temperature, 0.0, 2.0),
         top_k=integer(body, "top_k", 40, 0, 1_000_000),
-        top_p=number(body, "top_p", 0.95, 0.0, 1.0),
+        top_p=number(body, "top_p", top_p, 0.0, 1.0),
         min_p=number(body, "min_p", 0.05, 0.0, 1.0),
         repeat_penalty=number(body, "repeat_penalty", 1.0, 0.0, 10.0),
         frequency_penalty=number(body, "frequency_penalty", 0.0, -2.0, 2.0),
@@ -129,7 +134,7 @@ def generate_params(body: Any) -> GenerateParams:
     """Fields of ``POST /api/generate`` and the WebSocket request."""
     body = require_object(body)
     if "prompt" not in body:
-        raise invalid_request("'prompt' is required")
+        raise invalid_request("'prompt' is required", param="prompt")
     return GenerateParams(
         model=string(body, "model", "default") or "default",
         prompt=string(body, "prompt"),

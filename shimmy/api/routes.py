@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shimmy.api import native
+from shimmy.api import anthropic, native, ollama, openai
 from shimmy.api.state import AppState
 from shimmy.http.router import Router
 
@@ -10,4 +10,7 @@ from shimmy.http.router import Router
 def build_router(state: AppState) -> Router:
     router = Router()
     native.register(router, state)
+    ollama.register(router, state)
+    anthropic.register(router, state)  # before openai: its error shape wins under /v1
+    openai.register(router, state)
     return router

@@ -1,24 +1,22 @@
-"""Response bodies that stay tied to the generation behind them."""
+"""Response bodies that stay tied to the work behind them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-
-from shimmy.engine.scheduler import Generation
+from collections.abc import AsyncGenerator, Callable
 
 
-class GenerationStream:
-    """An async iterator of body chunks that cancels its generation when closed.
+class CancellingStream:
+    """An async iterator of body chunks that calls ``cancel`` when it is closed.
 
     The server closes a response body when its client goes away. A generator closed
     before its first chunk never runs its ``finally``, so the cancel lives here.
     """
 
-    def __init__(self, generation: Generation, chunks: AsyncGenerator[bytes, None]) -> None:
-        self._generation = generation
+    def __init__(self, chunks: AsyncGenerator[bytes, None], cancel: Callable[[], None]) -> None:
         self._chunks = chunks
+        self._cancel = cancel
 
-    def __aiter__(self) -> GenerationStream:
+    def __aiter__(self) -> CancellingStream:
         return self
 
     async def __anext__(self) -> bytes:
@@ -28,4 +26,4 @@ class GenerationStream:
         try:
             await self._chunks.aclose()
         finally:
-            self._generation.cancel()
+            self._cancel()

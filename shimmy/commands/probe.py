@@ -29,7 +29,8 @@ def probe(config: Config, name: str) -> int:
     print(f"file size:    {format_bytes(entry.size)}")
     rss_before = process_rss_bytes()
     try:
-        model = LoadedModel(entry.name, entry.path, config.engine_settings(), list(entry.loras))
+        model = LoadedModel(entry.name, entry.path, config.engine_settings(),
+                            list(entry.loras), entry.info)
     except Exception as exc:
         return _fail(f"the model does not load: {exc}")
     print(f"load time:    {model.load_seconds * 1000:.0f} ms (context {model.n_ctx}, "

@@ -144,6 +144,9 @@ cdef extern from "llama.h" nogil:
     llama_token llama_vocab_bos(const llama_vocab * vocab)
     llama_token llama_vocab_eos(const llama_vocab * vocab)
     cbool llama_vocab_get_add_bos(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_pre(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_suf(const llama_vocab * vocab)
+    llama_token llama_vocab_fim_mid(const llama_vocab * vocab)
     int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
                            llama_token * tokens, int32_t n_tokens_max,
                            cbool add_special, cbool parse_special)
@@ -327,6 +330,22 @@ cdef class Model:
         return llama_vocab_bos(self.vocab)
 
     @property
+    def fim_tokens(self) -> tuple | None:
+        """(prefix, suffix, middle) fill-in-the-middle tokens, or None if the model has none."""
+        cdef llama_token pre = llama_vocab_fim_pre(self.vocab)
+        cdef llama_token suf = llama_vocab_fim_suf(self.vocab)
+        cdef llama_token mid = llama_vocab_fim_mid(self.vocab)
+        if pre < 0 or suf < 0 or mid < 0:
+            return None
+        return (pre, suf, mid)
+
+    def token_text(self, int token) -> str:
+        """A token as text with control tokens spelled out (``<bos>``, ``<|eot_id|>``)."""
+        cdef string piece
+        _append_piece(self.vocab, token, piece, True)
+        return piece.decode("utf-8", "replace")
+
+    @property
     def adds_bos(self) -> bool:
         return llama_vocab_get_add_bos(self.vocab)
 
@@ -443,14 +462,17 @@ cdef size_t _stop_hold_len(const string & text, const vector[string] & stops) no
     return best
 
 
-cdef long _find_stop(const string & text, const vector[string] & stops, size_t start) noexcept nogil:
-    """Earliest position of any stop string at or after ``start``; -1 if none."""
+cdef long _find_stop(const string & text, const vector[string] & stops, size_t start,
+                     int * which) noexcept nogil:
+    """Earliest position of any stop string at or after ``start`` (-1 if none); the
+    index of that stop string goes to ``which``."""
     cdef long found = -1
     cdef size_t pos
     for s in range(stops.size()):
         pos = text.find(stops[s], start)
         if pos != <size_t> -1 and (found < 0 or <long> pos < found):
             found = pos
+            which[0] = s
     return found
 
 
@@ -696,9 +718,10 @@ cdef class BatchEngine:
     def step(self) -> list:
         """Advance the slots; return their events.
 
-        An event is ``(slot, text, finish_reason | None, n_generated, logprobs | None)``;
-        ``finish_reason`` is ``"stop"`` or ``"length"`` on a slot's last event, after
-        which the slot is idle. ``logprobs`` lists ``(token, piece, logprob, top)`` for
+        An event is ``(slot, text, finish_reason | None, n_generated, logprobs | None,
+        stop_string | None)``; ``finish_reason`` is ``"stop"`` or ``"length"`` on a slot's
+        last event, after which the slot is idle, and ``stop_string`` names the stop
+        string that ended it, if one did. ``logprobs`` lists ``(token, piece, logprob, top)`` for
         the tokens behind ``text``, ``top`` being ``[(token, piece, logprob), ...]``.
 
         One ``llama_decode`` moves every generating slot by a token; a second reads
@@ -830,6 +853,7 @@ cdef class BatchEngine:
         """Append the token's text; return the event that is safe to hand out now."""
         cdef size_t before = s.pending.size()
         cdef long stop_at
+        cdef int which = -1
         cdef size_t ready
         cdef cbool eog = llama_vocab_is_eog(self.model.vocab, token) and not s.ignore_eos
         if eog and s.n_probs >= 0 and s.probs.size():
@@ -837,16 +861,16 @@ cdef class BatchEngine:
         if not eog:
             _append_piece(self.model.vocab, token, s.pending, False)
             if s.stops.size():
-                stop_at = _find_stop(s.pending, s.stops, _scan_start(before, s.stops))
+                stop_at = _find_stop(s.pending, s.stops, _scan_start(before, s.stops), &which)
                 if stop_at >= 0:
                     return (index, _decode(s.pending, stop_at), "stop", s.n_generated,
-                            self._take_logprobs(s))
+                            self._take_logprobs(s), _decode(s.stops[which], s.stops[which].size()))
         if eog:
             return (index, _decode_complete(s.pending), "stop", s.n_generated,
-                    self._take_logprobs(s))
+                    self._take_logprobs(s), None)
         if s.n_generated >= s.max_tokens or s.n_past + 1 >= self.n_ctx:
             return (index, _decode_complete(s.pending), "length", s.n_generated,
-                    self._take_logprobs(s))
+                    self._take_logprobs(s), None)
         ready = s.pending.size() - _stop_hold_len(s.pending, s.stops)
         if ready == 0:
             return None
@@ -855,7 +879,7 @@ cdef class BatchEngine:
             return None
         text = _decode(s.pending, ready)
         s.pending.erase(0, ready)
-        return (index, text, None, s.n_generated, self._take_logprobs(s))
+        return (index, text, None, s.n_generated, self._take_logprobs(s), None)
 
 
 cdef class Embedder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 from shimmy.engine import native
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
 from shimmy.errors import invalid_request
+from shimmy.models.chat_template import ChatTemplate, template_for
+from shimmy.models.gguf import GGUFInfo
+
+# control tokens whose presence tells a model family apart when the GGUF has no template
+_TEMPLATE_MARKERS = ("<|eot_id|>", "<|start_header_id|>", "<|im_start|>", "<start_of_turn>",
+                     "[INST]", "<|user|>", "<|end|>")
 
 log = logging.getLogger("shimmy.engine")
 
@@ -24,31 +31,78 @@ class EngineSettings:
     use_mmap: bool = True
 
 
+ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
+                                   "jina-bert-v3", "modern-bert", "neo-bert", "t5encoder"})
+
+
+def is_embedding_model(info: GGUFInfo | None) -> bool:
+    """Encoders, and models whose GGUF names a pooling, produce embeddings, not text."""
+    if info is None:
+        return False
+    pooling = info.metadata.get(f"{info.architecture}.pooling_type")
+    return info.architecture in ENCODER_ARCHITECTURES or bool(pooling)
+
+
 class LoadedModel:
-    """Loads a GGUF through the C API and serves generations from its slots."""
+    """Loads a GGUF through the C API; serves generations from its slots, or embeddings."""
 
     def __init__(self, name: str, path: Path, settings: EngineSettings,
-                 loras: list[Path] | None = None) -> None:
+                 loras: list[Path] | None = None, info: GGUFInfo | None = None) -> None:
         sampler = native.load()
         started = time.perf_counter()
         self.name = name
         self.path = path
+        self.info = info
+        self.embeddings_only = is_embedding_model(info)
         self.model = sampler.Model(str(path), settings.gpu_layers, settings.use_mmap,
                                    [str(p) for p in loras or ()])
         n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
             else settings.ctx
-        self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel, settings.threads,
-                                          min(settings.batch, n_ctx))
-        self.engine.warm_up()
+        self.engine = self.scheduler = self.embedder = None
+        if self.embeddings_only:
+            self.embedder = sampler.Embedder(self.model, n_ctx, settings.threads)
+        else:
+            self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
+                                              settings.threads, min(settings.batch, n_ctx))
+            self.engine.warm_up()
+            self.scheduler = Scheduler(self.engine, name)
+        self._embed_lock = threading.Lock()
+        self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
-        self.scheduler = Scheduler(self.engine, name)
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads", name,
-                 self.model.description, self.load_seconds, self.engine.n_ctx,
+                 self.model.description, self.load_seconds, n_ctx,
                  settings.parallel, settings.threads)
 
     @property
+    def chat_template(self) -> ChatTemplate:
+        """The GGUF's own chat template, or the built-in that fits the model."""
+        if self._chat_template is None:
+            info = self.info
+            markers = [text for text in _TEMPLATE_MARKERS if self._is_single_token(text)]
+            self._chat_template = template_for(
+                self.model.chat_template, info.architecture if info else None,
+                (info.name if info else None) or self.name, markers)
+        return self._chat_template
+
+    def _is_single_token(self, text: str) -> bool:
+        return len(self.model.tokenize(text, False, True)) == 1
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        """One L2-normalised vector for a token sequence (blocking: run it off the loop)."""
+        if self.embedder is None:
+            raise invalid_request(
+                f"Model '{self.name}' generates text; it does not produce embeddings",
+                "The model does not support embeddings", "model")
+        if len(tokens) > self.embedder.n_ctx:
+            raise invalid_request(
+                f"The input has {len(tokens)} tokens; the model's context is "
+                f"{self.embedder.n_ctx} tokens", "Input exceeds the context length", "input")
+        with self._embed_lock:
+            return self.embedder.embed(tokens)
+
+    @property
     def n_ctx(self) -> int:
-        return self.engine.n_ctx
+        return self.embedder.n_ctx if self.engine is None else self.engine.n_ctx
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
         """Text to tokens with the model's start token; ``special`` parses control tokens
@@ -66,6 +120,9 @@ class LoadedModel:
                  stop: list[str] | None = None, ignore_eos: bool = False,
                  logprobs: int = -1) -> Generation:
         """Queue a generation; must be called on the event loop that will consume it."""
+        if self.scheduler is None:
+            raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
+                                  "generate text", "The model does not generate text", "model")
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else prompt
         if not tokens:
             raise invalid_request("The prompt is empty and the model adds no start token")
@@ -82,6 +139,6 @@ class LoadedModel:
         return generation
 
     def close(self) -> None:
-        self.scheduler.stop()
-        self.engine = None
-        self.model = None
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.engine = self.embedder = self.model = None

@@ -34,7 +34,8 @@ class ModelPool:
                 return model
             try:
                 model = await asyncio.to_thread(
-                    LoadedModel, entry.name, entry.path, self.settings, list(entry.loras))
+                    LoadedModel, entry.name, entry.path, self.settings, list(entry.loras),
+                    entry.info)
             except Exception as exc:
                 log.error("loading %s failed: %s", entry.name, exc)
                 raise ApiError(500, "generation_failed",

@@ -57,6 +57,7 @@ class Generation:
         self.ignore_eos = ignore_eos
         self.logprobs = logprobs
         self.finish_reason: str | None = None
+        self.stop_string: str | None = None  # the stop string that ended it, if one did
         self.completion_tokens = 0
         self.cached_tokens = 0
         self.error: str | None = None
@@ -102,13 +103,14 @@ class Generation:
 
     # called on the event loop's thread, scheduled by the scheduler thread
     def _feed(self, text: str, finish: str | None, completion_tokens: int,
-              logprobs: list | None) -> None:
+              logprobs: list | None, stop_string: str | None) -> None:
         if self.first_piece_at is None:
             self.first_piece_at = time.perf_counter()
         if text or logprobs:
             self._pieces.put_nowait((text, logprobs))
         if finish is not None:
             self.finish_reason = finish
+            self.stop_string = stop_string
             self.completion_tokens = completion_tokens
             self.finished_at = time.perf_counter()
             self._pieces.put_nowait(None)
@@ -207,14 +209,14 @@ class Scheduler:
             self._fail_all(str(exc))
             return
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
-        for index, text, finish, count, logprobs in events:
+        for index, text, finish, count, logprobs, stop_string in events:
             generation = self._slots[index]
             if generation is None:
                 continue
             if finish is not None:
                 self._slots[index] = None
             deliveries.setdefault(generation._loop, []).append(
-                (generation, text, finish, count, logprobs))
+                (generation, text, finish, count, logprobs, stop_string))
         for loop, batch in deliveries.items():
             _call_soon(loop, _deliver, batch)
 

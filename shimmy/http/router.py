@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 from shimmy.errors import ApiError, method_not_allowed, not_found
 from shimmy.http.types import Handler, Request, Response, StreamResponse, WebSocketHandler
+
+ErrorShape = Callable[[ApiError], dict[str, Any]]
 
 
 class RouteError(ApiError):
@@ -99,6 +103,18 @@ class Router:
     def __init__(self) -> None:
         self._routes: dict[str, _PathRoutes] = {}
         self._websockets: list[tuple[tuple[_Segment, ...], WebSocketHandler]] = []
+        self._error_shapes: list[tuple[str, ErrorShape]] = []
+
+    def error_shape(self, prefix: str, shape: ErrorShape) -> None:
+        """Errors on paths under ``prefix`` use ``shape`` (another API family's format)."""
+        self._error_shapes.append((prefix.rstrip("/"), shape))
+
+    def error_body(self, path: str, error: ApiError) -> dict[str, Any]:
+        """The JSON body for ``error`` in the format of the API family ``path`` belongs to."""
+        for prefix, shape in self._error_shapes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return shape(error)
+        return error.body()
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         routes = self._routes.get(path)

@@ -305,7 +305,7 @@ class HttpProtocol(asyncio.Protocol):
             self._transport_or_fail().close()
 
     async def _respond_now(self, request: Request, error: ApiError) -> None:
-        self._send_response(_error_response(error), request.method == "HEAD")
+        self._send_response(self._error_response(error, request.path), request.method == "HEAD")
         self._task = None
         self._finish_cycle()
 
@@ -316,11 +316,15 @@ class HttpProtocol(asyncio.Protocol):
             )
             return await handler(request)
         except ApiError as exc:
-            return _error_response(exc)
+            return self._error_response(exc, request.path)
         except Exception as exc:
             logger.exception("Unhandled error in %s %s", request.method, request.path)
             details = f"Unexpected {type(exc).__name__} while handling the request"
-            return _error_response(server_error(details))
+            return self._error_response(server_error(details), request.path)
+
+    def _error_response(self, error: ApiError, path: str) -> Response:
+        body = self._config.router.error_body(path, error)
+        return _error_response(error, body)
 
     def _send_response(self, response: Response, head_only: bool) -> None:
         body = response.body
@@ -469,8 +473,8 @@ def _may_have_body(status: int) -> bool:
     return status >= 200 and status not in (204, 304)
 
 
-def _error_response(error: ApiError) -> Response:
-    body = json.dumps(error.body(), ensure_ascii=False).encode()
+def _error_response(error: ApiError, body: dict | None = None) -> Response:
+    body = json.dumps(error.body() if body is None else body, ensure_ascii=False).encode()
     headers = list(error.headers) if isinstance(error, RouteError) else []
     return Response(error.status, body, "application/json", headers)
 

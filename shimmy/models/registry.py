@@ -49,8 +49,11 @@ class ModelRegistry:
         return entry
 
     def _lookup(self, wanted: str) -> ModelEntry | None:
-        # Also accept what clients commonly send: a file name, or an Ollama name without tag.
-        for candidate in (wanted, wanted.removesuffix(".gguf"), f"{wanted}:latest"):
+        # Also accept what clients commonly send: a file name, an Ollama name without its
+        # tag, or our names with the ":latest" that Ollama's listing adds to them.
+        candidates = (wanted, wanted.removesuffix(".gguf"), f"{wanted}:latest",
+                      wanted.removesuffix(":latest"))
+        for candidate in candidates:
             if candidate in self._by_name:
                 return self._by_name[candidate]
         return None
