@@ -175,6 +175,7 @@ def write_spelling_model(
     chat_template: str | None = None,
     split_max_tensors: int = 0,
     pooling_type: int | None = None,
+    fim_tokens: tuple[int, int, int] | None = None,
 ) -> Path:
     """Write a GGUF whose greedy output is the UTF-8 bytes of ``text``, then ``</s>``.
 
@@ -191,6 +192,9 @@ def write_spelling_model(
     if pooling_type is not None:  # 1 = mean: llama.cpp then serves it as an embedding model
         writer.add_pooling_type(PoolingType(pooling_type))
     _add_tokenizer(writer, chat_template)
+    if fim_tokens is not None:  # (prefix, suffix, middle) ids: the model then "infills"
+        for key, token in zip(("pre", "suf", "mid"), fim_tokens, strict=True):
+            writer.add_uint32(f"tokenizer.ggml.fim_{key}_token_id", token)
     _add_tensors(writer, output)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
