@@ -308,3 +308,13 @@ def test_eight_concurrent_requests_match_their_solo_text(port: int) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert results == solo
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused(port: int) -> None:
+    status, body = request_json(port, "POST", "/api/generate",
+                                {"prompt": "x", "logit_bias": {"99999999": 5}})
+    assert "logit_bias" in assert_error(status, body, 400, "invalid_request")
+
+
+def test_null_model_means_the_default(port: int) -> None:
+    assert generate(port, model=None, prompt="Hi", max_tokens=1)["usage"]["completion_tokens"]

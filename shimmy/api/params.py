@@ -31,7 +31,9 @@ def require_object(body: Any) -> dict[str, Any]:
 
 
 def string(body: dict[str, Any], key: str, default: str | None = None) -> str:
-    value = body.get(key, default)
+    value = body.get(key)
+    if value is None:
+        value = default
     if value is None:
         raise invalid_request(f"'{key}' is required", param=key)
     if not isinstance(value, str):

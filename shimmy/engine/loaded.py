@@ -124,6 +124,10 @@ class LoadedModel:
             raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
                                   "generate text", "The model does not generate text", "model")
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else prompt
+        n_vocab = self.model.n_vocab
+        if any(not 0 <= token < n_vocab for token in sampling.logit_bias):
+            raise invalid_request(f"'logit_bias' names a token id outside 0-{n_vocab - 1}",
+                                  param="logit_bias")
         if not tokens:
             raise invalid_request("The prompt is empty and the model adds no start token")
         need = len(tokens) + max_tokens

@@ -1,0 +1,366 @@
+"""Benchmark shimmy against llama-server and llama-cpp-python's server, in one run.
+
+    ./bench/build_peers.sh             # once: builds the peers into bench/.cache
+    .venv/bin/python bench/run.py      # measures, prints, writes docs/BENCHMARKS.md
+
+Every server gets the same model (the embedded default), threads, per-slot context and
+slots, and runs alone on the machine, one after the other on the same port range. The
+client is this process (standard library only). Figures are medians over repeats; the
+ratios shimmy/peer from one run are what counts, since the machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+LLAMA_BIN = CACHE / "llama.cpp-build" / "bin"
+WORDS = ["river", "mountain", "ocean", "forest", "desert", "city", "village", "garden",
+         "bridge", "tower", "castle", "harbor", "valley", "island", "meadow", "canyon",
+         "glacier", "volcano", "prairie", "lagoon"]
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    ready_path: str
+    extra: dict = field(default_factory=dict)  # body fields that force exactly max_tokens
+    process: subprocess.Popen | None = None
+    port: int = 0
+
+
+@dataclass
+class Figures:
+    values: dict[str, float] = field(default_factory=dict)
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self.values[key] = value
+
+    def get(self, key: str) -> float | None:
+        return self.values.get(key)
+
+
+def servers(args: argparse.Namespace, model: Path, port: int) -> list[Server]:
+    t, ctx, slots = str(args.threads), args.ctx, args.parallel
+    shimmy = Server("shimmy", [str(ROOT / ".venv/bin/shimmy"), "serve", "--port", str(port),
+                               "--model-path", str(model), "--threads", t, "--ctx", str(ctx),
+                               "--parallel", str(slots)], "/api/health", {"ignore_eos": True})
+    llama = Server("llama-server", [str(LLAMA_BIN / "llama-server"), "-m", str(model),
+                                    "--port", str(port), "-t", t, "-tb", t,
+                                    "-c", str(ctx * slots), "-np", str(slots), "--no-repack",
+                                    "--no-webui"], "/health", {"ignore_eos": True})
+    lcp = Server("llama-cpp-python", [str(CACHE / "peer-venv/bin/python"),
+                                      str(ROOT / "bench/lcp_server.py"), "--model", str(model),
+                                      "--port", str(port), "--n_threads", t,
+                                      "--n_threads_batch", t, "--n_ctx", str(ctx)],
+                 "/v1/models", {"logit_bias": {"1": -100, "106": -100}})
+    chosen = [s for s in (shimmy, llama, lcp) if s.name in args.servers]
+    for server in chosen:
+        server.port = port
+    return chosen
+
+
+# ---------------------------------------------------------------- process handling
+
+def start(server: Server) -> tuple[float, float]:
+    """Start a server; seconds until its ready route answers 200, and its RSS then (MB)."""
+    started = time.perf_counter()
+    server.process = subprocess.Popen(server.command, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+    deadline = started + 120
+    while time.perf_counter() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}")
+        try:
+            status, _ = call(server, "GET", server.ready_path, timeout=1)
+            if status == 200:
+                return time.perf_counter() - started, rss_mb(server)
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"{server.name} did not become ready")
+
+
+def stop(server: Server) -> None:
+    if server.process is not None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+        server.process = None
+    time.sleep(1)  # let the port and the cores settle before the next server
+
+
+def rss_mb(server: Server) -> float:
+    with open(f"/proc/{server.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ---------------------------------------------------------------- HTTP client
+
+def call(server: Server, method: str, path: str, body: dict | None = None,
+         timeout: float = 300) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, payload, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data.startswith(b"{") else {}
+    finally:
+        conn.close()
+
+
+def stream(server: Server, prompt: str, max_tokens: int) -> list[float]:
+    """Arrival times of the streamed text chunks, from the moment the request was sent."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            **server.extra}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    try:
+        sent = time.perf_counter()
+        conn.request("POST", "/v1/completions", json.dumps(body).encode(),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        arrivals = []
+        for line in response:
+            if line.startswith(b"data: {") and b'"text":""' not in line.replace(b" ", b""):
+                arrivals.append(time.perf_counter() - sent)
+        return arrivals
+    finally:
+        conn.close()
+
+
+def complete(server: Server, prompt: str, max_tokens: int) -> tuple[float, int]:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **server.extra}
+    sent = time.perf_counter()
+    status, answer = call(server, "POST", "/v1/completions", body)
+    if status != 200:
+        raise RuntimeError(f"{server.name}: HTTP {status}: {answer}")
+    return time.perf_counter() - sent, answer["usage"]["completion_tokens"]
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+# ---------------------------------------------------------------- measurements
+
+def measure(server: Server, args: argparse.Namespace, rng: random.Random) -> Figures:
+    figures = Figures()
+    figures["start_to_ready_s"], figures["rss_idle_mb"] = start(server)
+    try:
+        t0 = time.perf_counter()
+        complete(server, "Hello", 1)  # loads the model where loading is lazy
+        figures["first_answer_s"] = figures.get("start_to_ready_s") + time.perf_counter() - t0
+        figures["rss_loaded_mb"] = rss_mb(server)
+        decode_rates, short, long = [], [], []
+        for _ in range(args.repeats):
+            arrivals = stream(server, words(rng, 8), args.tokens)
+            decode_rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+            short.append(stream(server, words(rng, 8), 1)[0])
+            long.append(stream(server, words(rng, 1000), 1)[0])
+        figures["decode_tok_s"] = statistics.median(decode_rates)
+        figures["ttft_short_ms"] = statistics.median(short) * 1000
+        figures["ttft_long_ms"] = statistics.median(long) * 1000
+        for clients in args.clients:
+            rate, p50, p95, peak = concurrent(server, clients, args, rng)
+            figures[f"agg_tok_s_{clients}"] = rate
+            figures[f"p50_s_{clients}"] = p50
+            figures[f"p95_s_{clients}"] = p95
+            figures["rss_load_mb"] = max(figures.get("rss_load_mb") or 0, peak)
+        first, second = multi_turn(server, rng)
+        figures["turn1_ttft_ms"], figures["turn2_ttft_ms"] = first * 1000, second * 1000
+    finally:
+        stop(server)
+    return figures
+
+
+def concurrent(server: Server, clients: int, args: argparse.Namespace,
+               rng: random.Random) -> tuple[float, float, float, float]:
+    prompts = [[words(rng, 8) for _ in range(args.requests)] for _ in range(clients)]
+    latencies: list[float] = []
+    tokens = [0]
+    lock = threading.Lock()
+
+    def client(own: list[str]) -> None:
+        for prompt in own:
+            latency, n = complete(server, prompt, args.concurrent_tokens)
+            with lock:
+                latencies.append(latency)
+                tokens[0] += n
+
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample_rss() -> None:
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], rss_mb(server))
+
+    sampler = threading.Thread(target=sample_rss)
+    sampler.start()
+    threads = [threading.Thread(target=client, args=(p,)) for p in prompts]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    latencies.sort()
+    p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
+    return tokens[0] / wall, statistics.median(latencies), p95, peak[0]
+
+
+def multi_turn(server: Server, rng: random.Random) -> tuple[float, float]:
+    """Time to first token of a chat's first turn, and of the second (the first turn's
+    prompt and answer are its prefix)."""
+    turn1 = "A story about " + words(rng, 1000)
+    first = stream(server, turn1, 1)[0]
+    _, answer = call(server, "POST", "/v1/completions",
+                     {"prompt": turn1, "max_tokens": 32, "temperature": 0, **server.extra})
+    turn2 = turn1 + answer["choices"][0]["text"] + "\nWhat happened next? " + words(rng, 20)
+    second = stream(server, turn2, 1)[0]
+    return first, second
+
+
+def llama_bench(args: argparse.Namespace, model: Path) -> Figures:
+    command = [str(LLAMA_BIN / "llama-bench"), "-m", str(model), "-t", str(args.threads),
+               "-p", "128", "-n", str(args.tokens), "-r", str(args.repeats), "--repack", "0",
+               "-o", "json"]
+    rows = json.loads(subprocess.run(command, capture_output=True, text=True,
+                                     check=True).stdout)
+    figures = Figures()
+    for row in rows:
+        key = "bench_tg_tok_s" if row["n_gen"] else "bench_pp_tok_s"
+        figures[key] = row["avg_ts"]
+    return figures
+
+
+# ---------------------------------------------------------------- report
+
+ROWS: list[tuple[str, str, Callable[[float], str], bool]] = [
+    # key, label, format, higher is better
+    ("decode_tok_s", "single-stream decode (tok/s)", "{:.1f}".format, True),
+    ("ttft_short_ms", "TTFT, 8-word prompt (ms)", "{:.0f}".format, False),
+    ("ttft_long_ms", "TTFT, 1,000-word prompt (ms)", "{:.0f}".format, False),
+    ("agg_tok_s_1", "aggregate, 1 client (tok/s)", "{:.1f}".format, True),
+    ("agg_tok_s_4", "aggregate, 4 clients (tok/s)", "{:.1f}".format, True),
+    ("agg_tok_s_8", "aggregate, 8 clients (tok/s)", "{:.1f}".format, True),
+    ("p50_s_4", "latency p50, 4 clients (s)", "{:.2f}".format, False),
+    ("p95_s_4", "latency p95, 4 clients (s)", "{:.2f}".format, False),
+    ("p50_s_8", "latency p50, 8 clients (s)", "{:.2f}".format, False),
+    ("p95_s_8", "latency p95, 8 clients (s)", "{:.2f}".format, False),
+    ("turn1_ttft_ms", "chat turn 1 TTFT (ms)", "{:.0f}".format, False),
+    ("turn2_ttft_ms", "chat turn 2 TTFT (ms)", "{:.0f}".format, False),
+    ("rss_idle_mb", "RSS when ready, before a request (MB)", "{:.0f}".format, False),
+    ("rss_loaded_mb", "RSS with the model loaded (MB)", "{:.0f}".format, False),
+    ("rss_load_mb", "peak RSS under load (MB)", "{:.0f}".format, False),
+    ("start_to_ready_s", "process start to ready route (s)", "{:.3f}".format, False),
+    ("first_answer_s", "process start to first answer (s)", "{:.3f}".format, False),
+]
+
+
+def table(results: dict[str, Figures], bench: Figures | None) -> str:
+    names = list(results)
+    peers = [n for n in names if n != "shimmy"]
+    head = ["figure", *names, *(f"shimmy/{p}" for p in peers)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, fmt, _ in ROWS:
+        cells = [fmt(v) if (v := results[n].get(key)) is not None else "–" for n in names]
+        ratios = []
+        for peer in peers:
+            ours, theirs = results.get("shimmy", Figures()).get(key), results[peer].get(key)
+            ratios.append(f"{ours / theirs:.2f}" if ours and theirs else "–")
+        lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
+    text = "\n".join(lines)
+    if bench is not None:
+        tg, pp = bench.get("bench_tg_tok_s"), bench.get("bench_pp_tok_s")
+        ours = results.get("shimmy", Figures()).get("decode_tok_s")
+        text += (f"\n\nllama-bench (the ceiling, no HTTP): tg {tg:.1f} tok/s, "
+                 f"pp128 {pp:.1f} tok/s")
+        if ours:
+            text += f"; shimmy's single-stream decode is {ours / tg:.2f}× its tg."
+    return text
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def write_report(path: Path, text: str, command: str) -> None:
+    path.write_text(
+        "# Benchmarks\n\n"
+        f"Reproduce with:\n\n```sh\n./bench/build_peers.sh\n{command}\n```\n\n"
+        f"Machine: {machine()}. Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        + text + "\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=4096, help="context per slot")
+    parser.add_argument("--parallel", type=int, default=8, help="slots")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128, help="tokens for decode speed")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--requests", type=int, default=3, help="requests per client")
+    parser.add_argument("--concurrent-tokens", type=int, default=64)
+    parser.add_argument("--port", type=int, default=11480)
+    parser.add_argument("--servers", nargs="+",
+                        default=["shimmy", "llama-server", "llama-cpp-python"])
+    parser.add_argument("--no-llama-bench", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from shimmy.models.embedded import embedded_model_path
+
+    model = embedded_model_path()
+    rng = random.Random(7)
+    results: dict[str, Figures] = {}
+    for server in servers(args, model, args.port):
+        print(f"measuring {server.name} ...", flush=True)
+        results[server.name] = measure(server, args, rng)
+    bench = None if args.no_llama_bench else llama_bench(args, model)
+    text = table(results, bench)
+    print(text)
+    command = ".venv/bin/python bench/run.py " + shlex.join(argv)
+    write_report(args.out, text, command.strip())
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
