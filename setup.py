@@ -46,7 +46,7 @@ def extension() -> Extension:
         language="c++",
         include_dirs=[str(include_dir(package))],
         library_dirs=[str(lib_dir)],
-        libraries=["llama"],
+        libraries=["llama", "ggml", "ggml-base"],  # ggml: loading the CPU variants
         runtime_library_dirs=run_paths(lib_dir),
         extra_compile_args=["-O2", "-std=c++17"],
     )

@@ -10,6 +10,16 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "shimmy needs Python 3.11 or newer as '$python' (set PYTHON=...)" >&2
     exit 1
 fi
+# the chat page's tests drive Debian's Chromium (Playwright never downloads a browser here)
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: /usr/bin/chromium is missing, so the chat page's browser tests will be" \
+             "skipped; as root: apt-get install chromium" >&2
+    fi
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from shimmy import __version__
-from shimmy.config import DEFAULT_HOST, DEFAULT_PORT, Config, ConfigError
+from shimmy.config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, Config, ConfigError
+from shimmy.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,10 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("debug" if args.verbose else getattr(args, "log_level", "warning"),
+                      getattr(args, "log_format", "text"))
     from shimmy.engine import native
 
     native.set_verbose(args.verbose)
@@ -29,11 +28,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.from_args(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        print(f"  See 'shimmy {args.command} --help' for the options and their ranges.",
+              file=sys.stderr)
         return 2
     try:
-        return args.run(config, args)
+        code = args.run(config, args)
+        sys.stdout.flush()  # so that a reader gone early is noticed here, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `shimmy list --json | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,39 +52,48 @@ def build_parser() -> argparse.ArgumentParser:
     serve = _command(commands, "serve", "run the HTTP/WebSocket server", _run_serve)
     _address_options(serve)
     _engine_options(serve)
+    _serving_options(serve)
 
     generate = _command(commands, "generate", "generate text and stream it to stdout",
                         _run_generate)
     generate.add_argument("--prompt", required=True, help="the prompt text")
     generate.add_argument("--model", default="default", help="model name (default: default)")
-    generate.add_argument("--max-tokens", type=int, default=100, metavar="N")
-    generate.add_argument("--temperature", type=float, default=0.7, metavar="T")
-    generate.add_argument("--seed", type=int, default=-1, metavar="N")
+    generate.add_argument("--max-tokens", type=int, default=100, metavar="N",
+                          help="tokens to generate at most (default 100)")
+    generate.add_argument("--temperature", type=float, default=0.7, metavar="T",
+                          help="sampling temperature, 0 for greedy (default 0.7)")
+    generate.add_argument("--seed", type=int, default=-1, metavar="N",
+                          help="sampling seed; -1 for a random one (default)")
     _engine_options(generate)
 
     for name, help_text, run in (
         ("list", "list the models shimmy can serve", _run_list),
         ("discover", "show where models were looked for, found and skipped", _run_discover),
     ):
-        _model_options(_command(commands, name, help_text, run))
+        listing = _command(commands, name, help_text, run)
+        _model_options(listing)
+        _json_option(listing)
     diag = _command(commands, "diag", "print diagnostics about this machine and shimmy",
                     _run_diag)
     _address_options(diag)  # diag reports whether the port serve would use is free
     _engine_options(diag)
+    _json_option(diag)
     probe = _command(commands, "probe", "load a model, decode one token, report", _run_probe)
     probe.add_argument("model", nargs="?", default="default", help="model name")
     _engine_options(probe)
+    _json_option(probe)
+    _bench_options(_command(commands, "bench", "measure prompt and generation speed and time "
+                            "to first token", _run_bench))
     return parser
 
 
 def version_line() -> str:
-    from importlib import metadata
+    """shimmy's version and the llama.cpp build it carries (read from files, not imported)."""
+    from shimmy.engine.native import llama_build
 
-    try:
-        llama = metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        llama = "unknown"
-    return f"shimmy {__version__} (llama.cpp from llama-cpp-python {llama})"
+    build = llama_build()
+    return (f"shimmy {__version__} (llama.cpp {build['commit']}, "
+            f"from llama-cpp-python {build['package']})")
 
 
 def _command(commands, name: str, help_text: str, run) -> argparse.ArgumentParser:
@@ -93,6 +108,52 @@ def _address_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", metavar="HOST:PORT",
                         help=f"address to listen on (default {DEFAULT_HOST}:{DEFAULT_PORT})")
     parser.add_argument("--port", type=int, metavar="N", help="port, overriding --bind's")
+
+
+def _serving_options(serve: argparse.ArgumentParser) -> None:
+    access = serve.add_argument_group("access (see docs/SECURITY.md)")
+    access.add_argument("--api-key", metavar="KEY",
+                        help=f"require this key ('Authorization: Bearer KEY' or 'x-api-key') "
+                             f"on every route but /api/health; or set {API_KEY_ENV}")
+    access.add_argument("--allowed-hosts", action="append", metavar="HOSTS",
+                        help="','-separated Host names to accept besides localhost and "
+                             "the bound address ('*': any); repeatable")
+    access.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                        help="let web pages from ORIGIN (e.g. http://localhost:3000, or '*') "
+                             "call the API; repeatable")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-queue", type=int, metavar="N",
+                        help="requests that may wait while every slot is busy; beyond "
+                             "that 503 with Retry-After (default 64)")
+    limits.add_argument("--max-connections", type=int, metavar="N",
+                        help="open connections at most (default 512)")
+    limits.add_argument("--header-timeout", type=float, metavar="S",
+                        help="seconds a request's head may take to arrive (default 30)")
+    limits.add_argument("--idle-timeout", type=float, metavar="S",
+                        help="seconds an idle keep-alive connection stays open (default 5)")
+    limits.add_argument("--shutdown-grace", type=float, metavar="S",
+                        help="on SIGTERM/SIGINT, seconds to let requests finish (default 10)")
+    logs = serve.add_argument_group("logging")
+    logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                      help="'info' logs one line per request (default warning)")
+    logs.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                      help="text, or one JSON object per line")
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _bench_options(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument("model", nargs="?", default="default", help="model name")
+    bench.add_argument("--runs", type=int, default=3, metavar="N",
+                       help="measured runs; medians are reported (default 3)")
+    bench.add_argument("--prompt-tokens", type=int, default=256, metavar="N",
+                       help="prompt length in tokens (default 256)")
+    bench.add_argument("--gen-tokens", type=int, default=64, metavar="N",
+                       help="tokens generated per run (default 64)")
+    _engine_options(bench)  # without --parallel/--ctx: 1 slot, a context that fits a run
+    _json_option(bench)
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -129,22 +190,28 @@ def _run_generate(config: Config, args: argparse.Namespace) -> int:
 def _run_list(config: Config, args: argparse.Namespace) -> int:
     from shimmy.commands.listing import list_models
 
-    return list_models(config)
+    return list_models(config, args.json)
 
 
 def _run_discover(config: Config, args: argparse.Namespace) -> int:
     from shimmy.commands.listing import show_discovery
 
-    return show_discovery(config)
+    return show_discovery(config, args.json)
 
 
 def _run_probe(config: Config, args: argparse.Namespace) -> int:
     from shimmy.commands.probe import probe
 
-    return probe(config, args.model)
+    return probe(config, args.model, args.json)
 
 
 def _run_diag(config: Config, args: argparse.Namespace) -> int:
     from shimmy.commands.diag import diag
 
-    return diag(config)
+    return diag(config, args.json)
+
+
+def _run_bench(config: Config, args: argparse.Namespace) -> int:
+    from shimmy.commands.bench import bench
+
+    return bench(config, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from shimmy.sysinfo import physical_cores
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
+API_KEY_ENV = "SHIMMY_API_KEY"
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,15 @@ class Config:
     threads: int = 0  # 0: one per physical core
     gpu_layers: int = 0
     verbose: bool = False
+    # serving: who may connect, how much may wait, how long things may take
+    api_key: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)
+    cors_origins: list[str] = field(default_factory=list)
+    max_queue: int = 64
+    max_connections: int = 512
+    header_timeout: float = 30.0
+    idle_timeout: float = 5.0
+    shutdown_grace: float = 10.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -46,8 +57,22 @@ class Config:
         for name in ("parallel", "ctx", "threads", "gpu_layers"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
+        config._serving_args(args)
         config.check()
         return config
+
+    def _serving_args(self, args: argparse.Namespace) -> None:
+        if not hasattr(args, "api_key"):
+            return  # not ``serve``
+        env_key = os.environ.get(API_KEY_ENV) or None
+        self.api_key = args.api_key if args.api_key is not None else env_key
+        for hosts in args.allowed_hosts or ():
+            self.allowed_hosts.extend(h.strip() for h in hosts.split(",") if h.strip())
+        self.cors_origins.extend(args.cors_origin or ())
+        for name in ("max_queue", "max_connections", "header_timeout", "idle_timeout",
+                     "shutdown_grace"):
+            if (value := getattr(args, name)) is not None:
+                setattr(self, name, value)
 
     def check(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -58,6 +83,25 @@ class Config:
             raise ConfigError(f"--ctx {self.ctx}: a context needs at least 64 tokens")
         if self.threads < 0:
             raise ConfigError(f"--threads {self.threads}: must be 0 (automatic) or more")
+        self._check_serving()
+
+    def _check_serving(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("--api-key: the key is empty")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue {self.max_queue}: must be 0 or more")
+        if self.max_connections < 1:
+            raise ConfigError(f"--max-connections {self.max_connections}: must be 1 or more")
+        for flag, value in (("--header-timeout", self.header_timeout),
+                            ("--idle-timeout", self.idle_timeout)):
+            if not value > 0:
+                raise ConfigError(f"{flag} {value}: must be more than 0 seconds")
+        if not self.shutdown_grace >= 0:
+            raise ConfigError(f"--shutdown-grace {self.shutdown_grace}: must be 0 or more")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", origin, re.I):
+                raise ConfigError(f"--cors-origin '{origin}': expected '*' or "
+                                  "SCHEME://HOST[:PORT], e.g. http://localhost:3000")
 
     @property
     def n_threads(self) -> int:

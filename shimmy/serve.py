@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
 
 from shimmy.api.routes import build_router
 from shimmy.api.state import AppState
-from shimmy.config import Config
+from shimmy.config import API_KEY_ENV, Config
 from shimmy.engine.pool import ModelPool
 from shimmy.http.server import Server
+from shimmy.metrics import METRICS
 from shimmy.models.registry import ModelRegistry
+from shimmy.security import ADMISSION, SecurityPolicy, is_loopback
+from shimmy.web import ASSETS as WEB_ASSETS
 
 log = logging.getLogger("shimmy")
 
@@ -30,32 +34,66 @@ async def serve(config: Config) -> int:
     if problem := explicit_model_problem(config, state.registry):
         print(f"error: {problem}", file=sys.stderr)
         return 1
-    server = Server(build_router(state), config.host, config.port)
+    server = build_server(config, state)
     try:
         await server.start()
     except OSError as exc:
-        print(f"error: cannot listen on {config.host}:{config.port}: {_why(exc)}",
+        print(f"error: cannot listen on {config.host}:{config.port}: {_why(exc, config.port)}",
               file=sys.stderr)
         return 1
     # handle signals before the banner: whoever waits for it may signal at once
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     default = state.registry.default()
     print(f"shimmy listening on http://{config.host}:{server.port} "
           f"({len(state.registry.entries())} models; default: "
           f"{default.name if default else 'none'})", flush=True)
+    if warning := exposure_warning(config):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()
-    log.info("shutting down")
-    await server.shutdown()
+    log.info("shutting down: finishing requests for up to %.0f s", config.shutdown_grace)
+    await server.shutdown(config.shutdown_grace)
     serving.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await serving
     await asyncio.to_thread(state.pool.close)
     return 0
+
+
+def build_server(config: Config, state: AppState) -> Server:
+    ADMISSION.max_queue = config.max_queue
+    public = ("/api/health", *WEB_ASSETS)  # the chat page's files hold no data
+    policy = SecurityPolicy.build(config.host, api_key=config.api_key,
+                                  extra_hosts=tuple(config.allowed_hosts),
+                                  cors_origins=tuple(config.cors_origins), public_paths=public)
+    return Server(build_router(state), config.host, config.port,
+                  keepalive_timeout=config.idle_timeout, header_timeout=config.header_timeout,
+                  max_connections=config.max_connections, policy=policy, observer=METRICS)
+
+
+def exposure_warning(config: Config) -> str | None:
+    """What to tell someone who makes the server reachable without a key."""
+    if is_loopback(config.host) or config.api_key:
+        return None
+    return (f"listening on {config.host} without an API key: anyone who can reach this "
+            f"machine can use the models; set --api-key or {API_KEY_ENV}")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """SIGINT/SIGTERM set the returned event (a graceful stop); a second one exits now."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            print("shimmy: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, on_signal, signum)
+    return stop
 
 
 def explicit_model_problem(config: Config, registry: ModelRegistry) -> str | None:
@@ -70,9 +108,11 @@ def explicit_model_problem(config: Config, registry: ModelRegistry) -> str | Non
     return f"--model-path {config.model_path}: {reasons[0] if reasons else 'not usable'}"
 
 
-def _why(exc: OSError) -> str:
+def _why(exc: OSError, port: int) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return "the port is already in use (is another shimmy running? try --port)"
+        from shimmy.commands.ports import busy_port_advice  # reads /proc only on this path
+
+        return busy_port_advice(port)
     if exc.errno == errno.EACCES:
         return "permission denied (ports below 1024 need privileges)"
     if exc.errno == errno.EADDRNOTAVAIL:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -26,7 +27,7 @@ from tiny_model import write_spelling_model
 
 import shimmy
 
-COMMANDS = ("serve", "generate", "list", "discover", "probe", "diag")
+COMMANDS = ("serve", "generate", "list", "discover", "probe", "diag", "bench")
 SPELLER_TEXT = "Hi, world"  # every byte distinct, so the speller stops after the "d"
 SPELLER, ZEBRA = "speller", "zebra"  # list order (by file name): speller is the default
 FAST_ENGINE = ["--ctx", "512", "--parallel", "1"]  # smaller KV cache: loads faster
@@ -417,3 +418,153 @@ def test_serve_names_an_unresolvable_host(home: Path, models_dir: Path) -> None:
                         "--bind", "no-such-host.invalid:8080", timeout=30)
     assert result.returncode == 1
     assert "does not resolve" in result.stderr
+
+
+# --- a CLI that explains itself ------------------------------------------------------------
+
+
+def run_on_terminal(home: Path, *args: str, **env: str) -> tuple[int, str]:
+    """Run shimmy with stdout and stderr on a pseudo-terminal; returns (exit code, output)."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "shimmy", *args], stdin=subprocess.DEVNULL,
+                            stdout=terminal, stderr=terminal, env=isolated_env(home, **env),
+                            cwd=home)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return proc.wait(timeout=60), output.decode(errors="replace")
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(home: Path, models_dir: Path) -> None:
+    code, on_terminal = run_on_terminal(home, "list", "--model-dirs", str(models_dir))
+    assert code == 0, on_terminal
+    assert "\x1b[1m" in on_terminal  # the header row in bold
+    code, no_color = run_on_terminal(home, "list", "--model-dirs", str(models_dir),
+                                     NO_COLOR="1")
+    assert code == 0, no_color
+    assert "\x1b[" not in no_color
+    piped = run_shimmy(home, "list", "--model-dirs", str(models_dir))
+    assert "\x1b[" not in piped.stdout + piped.stderr
+
+
+def test_a_loading_line_shows_on_a_terminal_only(home: Path, models_dir: Path) -> None:
+    code, on_terminal = run_on_terminal(home, "probe", "--model-dirs", str(models_dir), ZEBRA)
+    assert code == 0, on_terminal
+    assert f"loading {ZEBRA}..." in on_terminal
+    assert "\r\x1b[K" in on_terminal  # the line is cleared once the model is in
+    piped = run_shimmy(home, "probe", "--model-dirs", str(models_dir), ZEBRA)
+    assert "loading" not in piped.stdout + piped.stderr
+
+
+def test_generate_streams_pieces_as_they_come(home: Path, model_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shimmy", "generate", "--model-path", str(model_path),
+         *FAST_ENGINE, "--prompt", "1, 2, 3, 4, 5,", "--max-tokens", "16", "--temperature", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=isolated_env(home), cwd=home)
+    arrivals: list[float] = []
+    while os.read(proc.stdout.fileno(), 65536):
+        arrivals.append(time.monotonic())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(arrivals) >= 3, "the text came in one piece, not as it was generated"
+    assert arrivals[-1] - arrivals[0] > 0.05
+
+
+def test_generate_verbose_reports_speed(home: Path, speller_path: Path) -> None:
+    result = run_shimmy(home, "generate", "-v", "--model-path", str(speller_path),
+                        "--prompt", "Q", "--max-tokens", "32", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == SPELLER_TEXT + "\n"
+    [speed] = [line for line in result.stderr.splitlines() if "tok/s" in line]
+    assert re.search(r"^\d+ tokens; prompt \d+ tokens; first token after \d+ ms; "
+                     r"[\d.]+ tok/s; model loaded in [\d.]+ s$", speed), speed
+    quiet = run_shimmy(home, "generate", "--model-path", str(speller_path), "--prompt", "Q")
+    assert "tok/s" not in quiet.stderr
+
+
+def test_bench_reports_medians(home: Path, speller_path: Path) -> None:
+    result = run_shimmy(home, "bench", "--model-path", str(speller_path), "--runs", "3",
+                        "--prompt-tokens", "24", "--gen-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"model:    {SPELLER} (")
+    assert re.match(r"settings: context 256, 1 slot\(s\), \d+ threads", lines[1]), lines[1]
+    assert lines[2].split() == ["run", "prompt", "prompt", "tok/s", "gen", "gen", "tok/s",
+                                "TTFT", "ms"]
+    runs = [line.split() for line in lines[3:6]]
+    assert [run[0] for run in runs] == ["1", "2", "3"]
+    assert all(run[1] == "24" and run[3] == "8" for run in runs), runs
+    median = lines[6].split()
+    assert median[0] == "median" and len(median) == 4
+    assert all(float(value) > 0 for value in median[1:])
+
+
+def test_bench_json(home: Path, speller_path: Path) -> None:
+    result = run_shimmy(home, "bench", SPELLER, "--model-path", str(speller_path), "--json",
+                        "--runs", "2", "--prompt-tokens", "16", "--gen-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"] == SPELLER
+    assert data["settings"]["slots"] == 1
+    assert len(data["runs"]) == 2
+    for run in data["runs"]:
+        assert (run["prompt_tokens"], run["gen_tokens"], run["cached_tokens"]) == (16, 4, 0)
+        assert run["ttft_ms"] > 0 and run["prompt_tps"] > 0 and run["gen_tps"] > 0
+    assert set(data["median"]) == {"ttft_ms", "prompt_tps", "gen_tps"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--runs", "0"], "--runs 0: must be 1 or more"),
+    (["--prompt-tokens", "600", "--gen-tokens", "8"], "exceed the model's context"),
+])
+def test_bench_explains_what_it_cannot_do(
+    home: Path, speller_path: Path, args: list[str], message: str
+) -> None:
+    result = run_shimmy(home, "bench", "--model-path", str(speller_path), *args)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) >= 2, "no advice after the error"
+
+
+def test_generate_without_any_model_says_where_it_looked(
+    home: Path, without_embedded: dict[str, str]
+) -> None:
+    empty = home / "empty"
+    empty.mkdir()
+    result = run_shimmy(home, "generate", "--model-dirs", str(empty), "--prompt", "Q",
+                        **without_embedded)
+    assert result.returncode == 1
+    assert "No models found. shimmy looked in:" in result.stderr
+    assert str(empty) in result.stderr and str(home / "models") in result.stderr
+    assert "--model-path FILE.gguf" in result.stderr
+
+
+def test_generate_unknown_model_names_the_ones_there(home: Path, models_dir: Path) -> None:
+    result = run_shimmy(home, "generate", "--model-dirs", str(models_dir), "--model", "nope",
+                        "--prompt", "Q")
+    assert result.returncode == 1
+    assert f"Models here: {SPELLER}, {ZEBRA}." in result.stderr
+
+
+def test_serve_on_a_busy_port_names_the_holder(
+    home: Path, models_dir: Path, listening_port: int
+) -> None:
+    result = run_shimmy(home, "serve", "--model-dirs", str(models_dir),
+                        "--port", str(listening_port), timeout=30)
+    assert result.returncode == 1
+    assert f"in use by pid {os.getpid()} (" in result.stderr  # this test process holds it
+    assert "--port N" in result.stderr
+
+
+def test_bad_settings_point_to_help(home: Path, models_dir: Path) -> None:
+    result = run_shimmy(home, "serve", "--model-dirs", str(models_dir), "--parallel", "0")
+    assert result.returncode == 2
+    assert "See 'shimmy serve --help'" in result.stderr

@@ -25,7 +25,9 @@ from shimmy.errors import ApiError, generation_failed, invalid_request
 from shimmy.http.router import Router
 from shimmy.http.sse import sse_data
 from shimmy.http.types import Request, Response, StreamResponse
+from shimmy.logs import attach
 from shimmy.models.chat_template import TEXT_PART_SEPARATOR
+from shimmy.security import check_capacity
 
 ROLES = ("user", "assistant")
 
@@ -85,6 +87,7 @@ class Messages:
                                   param="tools")
         stream = params.boolean(body, "stream", False)
         model = await self.state.pool.get(params.string(body, "model", "default"))
+        check_capacity(model)
         prompt = _prompt(model, body)
         params.number(body, "temperature", 1.0, 0.0, 1.0)  # Anthropic's range is narrower
         sampling = params.sampling(body, temperature=1.0, top_p=1.0)
@@ -92,6 +95,7 @@ class Messages:
         stops = stop_sequences + model.chat_template.stop_strings()
         generation = model.generate(prompt, max_tokens, sampling, stops,
                                     params.boolean(body, "ignore_eos", False))
+        attach(model.name, generation)
         return MessageJob(model, generation, stop_sequences, stream)
 
 

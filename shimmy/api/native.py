@@ -14,7 +14,9 @@ from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import ApiError, generation_failed, server_error
 from shimmy.http.router import Router
 from shimmy.http.sse import SSE_DONE, sse_data
-from shimmy.http.types import Request, Response, StreamResponse, WebSocket
+from shimmy.http.types import Request, Response, StreamResponse, WebSocket, parse_json
+from shimmy.logs import attach
+from shimmy.security import check_capacity
 from shimmy.sysinfo import format_bytes, process_rss_bytes
 
 log = logging.getLogger("shimmy.api")
@@ -60,12 +62,16 @@ class NativeApi:
         ]})
 
     async def health(self, request: Request) -> Response:
+        # a model whose scheduler thread died serves nothing until it is reloaded
+        failed = [name for name, model in self.state.pool.loaded.items()
+                  if model.scheduler is not None and not model.scheduler.alive]
         return Response.json({
-            "status": "healthy",
+            "status": "unhealthy" if failed else "healthy",
             "models_loaded": len(self.state.pool.loaded),
             "memory_usage": format_bytes(process_rss_bytes()),
             "models_available": len(self.state.registry.entries()),
-        })
+            **({"failed_models": failed} if failed else {}),
+        }, 503 if failed else 200)
 
     async def websocket(self, socket: WebSocket) -> None:
         """One JSON request per message; answers stream back on the same connection."""
@@ -87,8 +93,10 @@ class NativeApi:
 
     async def _start(self, params: GenerateParams) -> tuple[LoadedModel, Generation]:
         model = await self.state.pool.get(params.model)
+        check_capacity(model)
         generation = model.generate(params.prompt, params.max_tokens, params.sampling,
                                     params.stop, params.ignore_eos)
+        attach(model.name, generation)
         return model, generation
 
 
@@ -142,12 +150,7 @@ def _describe(entry) -> str:
 
 
 def _parse_json(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        from shimmy.errors import invalid_request
-
-        raise invalid_request(f"The message is not valid JSON: {exc}") from None
+    return parse_json(text, "message")
 
 
 def _dumps(obj) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shimmy.api import anthropic, native, ollama, openai
+from shimmy import web
+from shimmy.api import anthropic, metrics, native, ollama, openai
 from shimmy.api.state import AppState
 from shimmy.http.router import Router
 
@@ -10,7 +11,9 @@ from shimmy.http.router import Router
 def build_router(state: AppState) -> Router:
     router = Router()
     native.register(router, state)
+    metrics.register(router, state)  # GET /metrics, Prometheus text
     ollama.register(router, state)
     anthropic.register(router, state)  # before openai: its error shape wins under /v1
     openai.register(router, state)
+    web.register(router)  # the chat page at /
     return router

@@ -5,55 +5,113 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
+from shimmy.commands.advice import load_failure_hint, unknown_model_hint
+from shimmy.commands.term import LoadingLine, paint, print_json
 from shimmy.config import Config
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import GenerationError, Sampling
 from shimmy.errors import ApiError
+from shimmy.models.discovery import ModelEntry
 from shimmy.models.registry import ModelRegistry
 from shimmy.sysinfo import format_bytes, process_rss_bytes
 
 
-def probe(config: Config, name: str) -> int:
+class ProbeFailure(Exception):
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+def probe(config: Config, name: str, as_json: bool = False) -> int:
+    facts: dict[str, Any] = {"ok": False, "model": name}
     try:
-        entry = ModelRegistry(config.discover()).resolve(name)
+        _run(config, name, facts, as_json)
+    except ProbeFailure as failure:
+        facts.update(error=failure.reason, hint=failure.hint)
+        if as_json:
+            print_json(facts)
+        print(f"probe: {paint('FAILED', 'red', sys.stderr)}: {failure.reason}", file=sys.stderr)
+        print(f"  {failure.hint}", file=sys.stderr)
+        return 1
+    if as_json:
+        print_json(facts)
+    else:
+        print(f"probe: {paint('OK', 'green')}")
+    return 0
+
+
+def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> None:
+    report = config.discover()
+    try:
+        entry = ModelRegistry(report).resolve(name)
     except ApiError as exc:
-        return _fail(f"{exc.details}. Run 'shimmy discover' to see where shimmy looked.")
-    print(f"model:        {entry.name}")
-    print(f"path:         {entry.path}")
-    meta = entry.info.describe()
-    print(f"architecture: {meta['architecture']}")
-    print(f"parameters:   {meta['parameters_human']}")
-    print(f"quantization: {meta['quantization']}")
-    print(f"context:      {meta['context_length']} trained")
-    print(f"file size:    {format_bytes(entry.size)}")
-    rss_before = process_rss_bytes()
-    try:
-        model = LoadedModel(entry.name, entry.path, config.engine_settings(),
-                            list(entry.loras), entry.info)
-    except Exception as exc:
-        return _fail(f"the model does not load: {exc}")
-    print(f"load time:    {model.load_seconds * 1000:.0f} ms (context {model.n_ctx}, "
-          f"{config.parallel} slots, {config.n_threads} threads)")
-    print(f"memory:       {format_bytes(process_rss_bytes() - rss_before)} resident for the model")
+        raise ProbeFailure(exc.details, unknown_model_hint(report)) from None
+    facts.update(_header_facts(entry))
+    if not as_json:
+        _print_header(facts)
+    model = _load(config, entry, facts)
+    if not as_json:
+        print(f"load time:    {facts['load_ms']:.0f} ms (context {facts['context']}, "
+              f"{facts['slots']} slots, {facts['threads']} threads)")
+        print(f"memory:       {format_bytes(facts['memory_bytes'])} resident for the model")
     try:
         started = time.perf_counter()
         text, tokens = asyncio.run(_one_token(model))
-        elapsed = time.perf_counter() - started
+        elapsed_ms = (time.perf_counter() - started) * 1000
     except GenerationError as exc:
-        return _fail(f"decoding failed: {exc}")
+        raise ProbeFailure(f"decoding failed: {exc}",
+                           load_failure_hint(entry.name, suggest_probe=False)) from None
+    except ApiError as exc:  # e.g. an embedding model, which loads but writes no text
+        raise ProbeFailure(exc.details, "Embedding models serve POST /v1/embeddings; "
+                           "probe decodes text, so it cannot test them.") from None
     finally:
         model.close()
-    print(f"first token:  {text!r} ({tokens} prompt tokens, {elapsed * 1000:.0f} ms)")
-    print("probe: OK")
-    return 0
+    facts.update(ok=True, first_token=text, prompt_tokens=tokens, first_token_ms=elapsed_ms)
+    if not as_json:
+        print(f"first token:  {text!r} ({tokens} prompt tokens, {elapsed_ms:.0f} ms)")
+
+
+def _header_facts(entry: ModelEntry) -> dict[str, Any]:
+    meta = entry.info.describe()
+    return {
+        "model": entry.name,
+        "path": str(entry.path),
+        "architecture": meta["architecture"],
+        "parameters": meta["parameters_human"],
+        "quantization": meta["quantization"],
+        "context_trained": meta["context_length"],
+        "file_size": entry.size,
+    }
+
+
+def _print_header(facts: dict[str, Any]) -> None:
+    print(f"model:        {facts['model']}")
+    print(f"path:         {facts['path']}")
+    print(f"architecture: {facts['architecture']}")
+    print(f"parameters:   {facts['parameters']}")
+    print(f"quantization: {facts['quantization']}")
+    print(f"context:      {facts['context_trained']} trained")
+    print(f"file size:    {format_bytes(facts['file_size'])}")
+
+
+def _load(config: Config, entry: ModelEntry, facts: dict[str, Any]) -> LoadedModel:
+    rss_before = process_rss_bytes()
+    try:
+        with LoadingLine(entry.name, enabled=not config.verbose):
+            model = LoadedModel(entry.name, entry.path, config.engine_settings(),
+                                list(entry.loras), entry.info)
+    except Exception as exc:
+        raise ProbeFailure(f"the model does not load: {exc}",
+                           load_failure_hint(entry.name, suggest_probe=False)) from None
+    facts.update(load_ms=model.load_seconds * 1000, context=model.n_ctx,
+                 slots=config.parallel, threads=config.n_threads,
+                 memory_bytes=process_rss_bytes() - rss_before)
+    return model
 
 
 async def _one_token(model: LoadedModel) -> tuple[str, int]:
     generation = model.generate("Hello", 1, Sampling(temperature=0.0))
     return await generation.text(), generation.prompt_tokens
-
-
-def _fail(reason: str) -> int:
-    print(f"probe: FAILED: {reason}", file=sys.stderr)
-    return 1

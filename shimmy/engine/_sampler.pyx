@@ -118,9 +118,9 @@ cdef extern from "llama.h" nogil:
     llama_context_params llama_context_default_params()
     llama_sampler_chain_params llama_sampler_chain_default_params()
 
-    llama_model * llama_model_load_from_file(const char * path, llama_model_params params)
+    llama_model * llama_model_load_from_file(const char * path, llama_model_params params) except +
     void llama_model_free(llama_model * model)
-    llama_context * llama_init_from_model(llama_model * model, llama_context_params params)
+    llama_context * llama_init_from_model(llama_model * model, llama_context_params params) except +
     void llama_free(llama_context * ctx)
 
     const llama_vocab * llama_model_get_vocab(const llama_model * model)
@@ -160,12 +160,12 @@ cdef extern from "llama.h" nogil:
     llama_token llama_vocab_fim_mid(const llama_vocab * vocab)
     int32_t llama_tokenize(const llama_vocab * vocab, const char * text, int32_t text_len,
                            llama_token * tokens, int32_t n_tokens_max,
-                           cbool add_special, cbool parse_special)
+                           cbool add_special, cbool parse_special) except +
     int32_t llama_token_to_piece(const llama_vocab * vocab, llama_token token, char * buf,
                                  int32_t length, int32_t lstrip, cbool special)
     int32_t llama_detokenize(const llama_vocab * vocab, const llama_token * tokens,
                              int32_t n_tokens, char * text, int32_t text_len_max,
-                             cbool remove_special, cbool unparse_special)
+                             cbool remove_special, cbool unparse_special) except +
 
     llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max)
     void llama_batch_free(llama_batch batch)
@@ -208,6 +208,40 @@ cdef extern from *:
     int shimmy_request_amx()
 
 
+cdef extern from "ggml-backend.h" nogil:
+    size_t ggml_backend_reg_count()
+    void ggml_backend_load_all_from_path(const char * dir_path)
+
+
+cdef extern from *:
+    """
+    #include <link.h>
+    #include <string.h>
+    /* ggml built with GGML_BACKEND_DL dlopens every libggml-cpu-<variant>.so to score it
+       and keeps only the best one mapped: the one found here is the variant in use. */
+    static int shimmy_match_cpu_variant(struct dl_phdr_info * info, size_t size, void * out) {
+        const char * base = info->dlpi_name ? strrchr(info->dlpi_name, '/') : NULL;
+        const char * end;
+        size_t n;
+        (void) size;
+        base = base ? base + 1 : info->dlpi_name;
+        if (base == NULL || strncmp(base, "libggml-cpu-", 12) != 0) return 0;
+        base += 12;
+        end = strstr(base, ".so");
+        n = end ? (size_t) (end - base) : strlen(base);
+        if (n > 63) n = 63;
+        memcpy(out, base, n);
+        ((char *) out)[n] = 0;
+        return 1;
+    }
+    static void shimmy_cpu_variant(char * out) {
+        out[0] = 0;
+        dl_iterate_phdr(shimmy_match_cpu_variant, out);
+    }
+    """
+    void shimmy_cpu_variant(char * out)
+
+
 class LlamaError(RuntimeError):
     """llama.cpp refused: a model that does not load, a context that cannot be made."""
 
@@ -229,13 +263,41 @@ cdef void _on_log(ggml_log_level level, const char * text, void * user_data) noe
             _log_tail.erase(0, _log_tail.size() - 4096)
 
 
-def init_backend(verbose: bool = False) -> None:
-    """Initialise llama.cpp once per process and route its log through us."""
+def init_backend(verbose: bool = False, backend_dir: str | None = None) -> int:
+    """Initialise llama.cpp once per process and route its log through us.
+
+    A portable build (``GGML_BACKEND_DL``) keeps its CPU variants in ``backend_dir``; the
+    best one this CPU runs is loaded from there. Returns the number of ggml backends.
+    """
     global _log_verbose
     _log_verbose = verbose
     shimmy_request_amx()
     llama_log_set(_on_log, NULL)
+    if backend_dir:
+        load_backends(backend_dir)
     llama_backend_init()
+    return ggml_backend_reg_count()
+
+
+def load_backends(str directory) -> int:
+    """Load ggml's loadable backends from a folder, unless some are registered already.
+
+    A build without ``GGML_BACKEND_DL`` has its CPU backend built in, so this is a no-op.
+    """
+    cdef bytes path = directory.encode()
+    if ggml_backend_reg_count() == 0:
+        ggml_backend_load_all_from_path(path)
+    return ggml_backend_reg_count()
+
+
+def cpu_variant() -> str:
+    """The ``libggml-cpu-<variant>.so`` in use (``haswell``, ``skylakex``, ...).
+
+    Empty for a build whose CPU backend is built in (not portable: ``GGML_NATIVE``).
+    """
+    cdef char name[64]
+    shimmy_cpu_variant(name)
+    return name.decode("utf-8", "replace")
 
 
 def take_log_tail() -> str:
@@ -530,9 +592,11 @@ cdef class BatchEngine:
     without flash attention: a sequence's cells then sit at the same places, and its
     sums run in the same order, whatever the other slots hold. Together with
     ``step()``'s prompt chunks, cut at fixed positions, this makes generation batch-
-    invariant. Sliding-window layers keep only their window, which keeps the cost of
-    n_slots streams low. A finished slot keeps its cache, so a request that shares a
-    prefix with it (the next turn of a chat) reads only the rest of its prompt.
+    invariant. Sliding-window layers keep full-size caches too: a window cache is a
+    ring whose cell order depends on history, and its cells would be gone when a later
+    prompt wants to reuse the prefix. A finished slot keeps its cache, so a request
+    that shares a prefix with it (the next turn of a chat) reads only the rest of its
+    prompt.
     """
 
     cdef Model model
@@ -557,7 +621,7 @@ cdef class BatchEngine:
         params.n_threads_batch = n_threads
         params.kv_unified = False
         params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.swa_full = False
+        params.swa_full = True
         params.no_perf = True
         self.model = model
         take_log_tail()
@@ -763,7 +827,7 @@ cdef class BatchEngine:
         if self._fill_decode():
             self._decode()
             events = self._sample_all()
-        if self._fill_prefill():
+        if self._fill_prefill() >= 0:
             self._decode()
             events.extend(self._sample_all())
         return events
@@ -792,7 +856,8 @@ cdef class BatchEngine:
         return b.n_tokens
 
     cdef int _fill_prefill(self):
-        """The next chunk of the first slot still reading its prompt."""
+        """The next chunk of the first slot still reading its prompt; returns that slot,
+        or -1 if none is reading."""
         cdef llama_batch * b = &self.batch
         cdef Slot * s
         cdef int32_t row = -1
@@ -815,8 +880,8 @@ cdef class BatchEngine:
                 s.n_past += 1
             if s.n_prefilled == s.prompt.size():
                 s.batch_row = row
-            break
-        return b.n_tokens
+            return i
+        return -1
 
     cdef list _sample_all(self):
         cdef list events = []

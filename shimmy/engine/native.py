@@ -2,16 +2,36 @@
 
 Importing it maps libllama and its ggml backends; commands that never touch a
 model (``--help``, ``list``) do not pay for that.
+
+The llama.cpp libraries live in llama-cpp-python's ``llama_cpp/lib`` when shimmy runs
+from a virtual environment, and in ``llama_cpp/lib`` inside the bundle when it runs as
+the single-file binary (``sys._MEIPASS``). A portable build keeps its CPU variants
+(``libggml-cpu-<variant>.so``) there too; ``SHIMMY_BACKEND_DIR`` names another folder to
+load them from (to mask a variant, or to try another build of them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import sys
 import threading
+from pathlib import Path
 from types import ModuleType
+
+BACKEND_DIR_ENV = "SHIMMY_BACKEND_DIR"
+BUILD_INFO_FILE = "llama_build.json"  # written into the binary by build.spec
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _verbose = False
+
+
+class BackendError(RuntimeError):
+    """llama.cpp found no CPU backend to run on."""
 
 
 def set_verbose(verbose: bool) -> None:
@@ -25,6 +45,81 @@ def load() -> ModuleType:
         if _module is None:
             from shimmy.engine import _sampler
 
-            _sampler.init_backend(_verbose)
+            directory = backend_dir()
+            if not _sampler.init_backend(_verbose, str(directory) if directory else None):
+                raise BackendError(
+                    f"llama.cpp loaded no CPU backend from {directory or 'anywhere'}: "
+                    "no libggml-cpu-*.so there runs on this CPU")
             _module = _sampler
         return _module
+
+
+def bundle_dir() -> Path | None:
+    """The unpacked bundle when shimmy runs as the PyInstaller binary, else None."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    return Path(bundle) if bundle else None
+
+
+def lib_dir() -> Path | None:
+    """The folder holding libllama and ggml's libraries."""
+    bundle = bundle_dir()
+    if bundle is not None:
+        return bundle / "llama_cpp" / "lib"
+    package = llama_cpp_package()
+    return package / "lib" if package else None
+
+
+def backend_dir() -> Path | None:
+    """Where ggml's loadable CPU variants are looked for."""
+    override = os.environ.get(BACKEND_DIR_ENV)
+    return Path(override) if override else lib_dir()
+
+
+def llama_cpp_package() -> Path | None:
+    """llama-cpp-python's package folder, found without importing it (it pulls in numpy)."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def llama_build() -> dict[str, str]:
+    """The llama.cpp this shimmy carries: ``package`` (llama-cpp-python), ``commit``, ``number``.
+
+    Read from files, never by importing llama_cpp; values not found are ``unknown``.
+    """
+    info = {"package": "unknown", "commit": "unknown", "number": "unknown"}
+    bundle = bundle_dir()
+    if bundle is not None:
+        with contextlib.suppress(OSError, ValueError):
+            info.update(json.loads((bundle / "shimmy" / BUILD_INFO_FILE).read_text()))
+        return info
+    package = llama_cpp_package()
+    if package is not None:
+        info.update(_read_build_files(package))
+    return info
+
+
+def _read_build_files(package: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    version = _search(package / "__init__.py", r'__version__\s*=\s*"([^"]+)"')
+    if version:
+        found["package"] = version
+    # llama-cpp-python installs llama.cpp's CMake package config beside llama_cpp
+    config = package.parent / "lib" / "cmake" / "llama" / "llama-config.cmake"
+    for key, variable in (("commit", "LLAMA_BUILD_COMMIT"), ("number", "LLAMA_BUILD_NUMBER")):
+        value = _search(config, rf"set\({variable}\s+([^)\s]+)\)")
+        if value:
+            found[key] = value
+    return found
+
+
+def _search(path: Path, pattern: str) -> str | None:
+    try:
+        match = re.search(pattern, path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return match.group(1) if match else None

@@ -26,11 +26,11 @@ class ModelPool:
     async def get(self, name: str | None) -> LoadedModel:
         """The loaded model for a request's ``model`` field (``default`` allowed)."""
         entry = self.registry.resolve(name)
-        if (model := self._loaded.get(entry.name)) is not None:
+        if (model := self._usable(entry.name)) is not None:
             return model
         lock = self._loading.setdefault(entry.name, asyncio.Lock())
         async with lock:
-            if (model := self._loaded.get(entry.name)) is not None:
+            if (model := self._usable(entry.name)) is not None:
                 return model
             try:
                 model = await asyncio.to_thread(
@@ -42,6 +42,17 @@ class ModelPool:
                                f"Model '{entry.name}' could not be loaded", str(exc)) from None
             self._loaded[entry.name] = model
             return model
+
+    def _usable(self, name: str) -> LoadedModel | None:
+        """The loaded model; one whose scheduler thread died is dropped, to load afresh."""
+        model = self._loaded.get(name)
+        scheduler = model.scheduler if model is not None else None
+        if model is None or scheduler is None or scheduler.alive:
+            return model
+        log.error("the scheduler of %s died (%s): reloading the model", name, scheduler.failed)
+        del self._loaded[name]
+        model.close()
+        return None
 
     def close(self) -> None:
         for model in self._loaded.values():

@@ -131,8 +131,14 @@ class Scheduler:
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
         self._stopping = False
+        self.failed: str | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduling thread still runs (False once stopped or dead)."""
+        return self._thread.is_alive()
 
     @property
     def n_active(self) -> int:
@@ -159,6 +165,15 @@ class Scheduler:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._schedule()
+        except BaseException as exc:  # a bug, not a request's failure: those are caught below
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.exception("the scheduler of %s died", self.name)
+            with contextlib.suppress(Exception):  # nobody may wait forever on a dead thread
+                self._fail_all(f"the scheduler failed ({self.failed})")
+
+    def _schedule(self) -> None:
         while True:
             with self._wake:
                 while not self._stopping and not self._has_work():

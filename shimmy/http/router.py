@@ -102,7 +102,7 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[str, _PathRoutes] = {}
-        self._websockets: list[tuple[tuple[_Segment, ...], WebSocketHandler]] = []
+        self._websockets: list[tuple[str, tuple[_Segment, ...], WebSocketHandler]] = []
         self._error_shapes: list[tuple[str, ErrorShape]] = []
 
     def error_shape(self, prefix: str, shape: ErrorShape) -> None:
@@ -123,7 +123,7 @@ class Router:
         routes.handlers[method.upper()] = handler
 
     def add_websocket(self, path: str, handler: WebSocketHandler) -> None:
-        self._websockets.append((_compile(path), handler))
+        self._websockets.append((path, _compile(path), handler))
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path parameters for a request; ``ApiError`` 404/405/426 if none."""
@@ -155,9 +155,23 @@ class Router:
         return None if parts is None else self._websocket_match(parts)
 
     def _websocket_match(self, parts: list[str]) -> WebSocketHandler | None:
-        for pattern, handler in self._websockets:
+        for _, pattern, handler in self._websockets:
             if _match(pattern, parts) is not None:
                 return handler
+        return None
+
+    def route_for(self, path: str) -> str | None:
+        """The template of the route ``path`` belongs to (``/v1/models/{id}``), whatever
+        the method; None if no route matches. Metrics label requests with it."""
+        parts = _split(path)
+        if parts is None:
+            return None
+        for template, routes in self._routes.items():
+            if _match(routes.pattern, parts) is not None:
+                return template
+        for template, pattern, _ in self._websockets:
+            if _match(pattern, parts) is not None:
+                return template
         return None
 
 

@@ -18,14 +18,26 @@ import h11
 
 from shimmy.errors import ApiError, invalid_request, server_error
 from shimmy.http.router import RouteError, Router
-from shimmy.http.types import Request, Response, StreamResponse, WebSocketHandler
-from shimmy.http.websocket import ServerConnection, ServerWebSocket, WriteFlow
+from shimmy.http.types import (
+    Request,
+    RequestPolicy,
+    Response,
+    ServerObserver,
+    StreamResponse,
+    WebSocketHandler,
+)
+from shimmy.http.websocket import ConnectionSet, ServerWebSocket, WriteFlow
+from shimmy.logs import RequestRecord, current_request, log_request, request_id
 
 logger = logging.getLogger("shimmy.http")
 
-MIB = 1024 * 1024
+KIB = 1024
+MIB = 1024 * KIB
 LINGER_SECONDS = 1.0  # after an error response, how long to drain the client's unread bytes
 SHUTDOWN_GRACE_SECONDS = 5.0  # how long shutdown waits for cancelled handlers to unwind
+DRAIN_POLL_SECONDS = 0.05
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away first
+RETRY_AFTER_SECONDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +47,24 @@ class ServerConfig:
     keepalive_timeout: float
     header_timeout: float
     max_ws_message_bytes: int
+    body_timeout: float = 120.0
+    max_connections: int = 512
+    max_header_bytes: int = 16 * KIB
+    max_header_count: int = 100
+    policy: RequestPolicy | None = None
+    observer: ServerObserver | None = None
 
 
 class Server:
-    """Serves ``router`` on ``host:port``; ``port=0`` picks a free port (see ``port``)."""
+    """Serves ``router`` on ``host:port``; ``port=0`` picks a free port (see ``port``).
+
+    Limits: bodies over ``max_body_bytes`` get 413; request heads over ``max_header_bytes``
+    or ``max_header_count`` fields get 431; a head must arrive within ``header_timeout``
+    of its first byte and a body within ``body_timeout`` (and never pause longer than
+    ``header_timeout``), or the connection is dropped; an idle keep-alive connection is
+    closed after ``keepalive_timeout``; beyond ``max_connections`` a new connection gets
+    503 and is closed. ``policy`` vets each request's head before its body is read.
+    """
 
     def __init__(
         self,
@@ -50,15 +76,27 @@ class Server:
         keepalive_timeout: float = 5.0,
         header_timeout: float = 30.0,
         max_ws_message_bytes: int = 1 * MIB,
+        body_timeout: float = 120.0,
+        max_connections: int = 512,
+        max_header_bytes: int = 16 * KIB,
+        max_header_count: int = 100,
+        policy: RequestPolicy | None = None,
+        observer: ServerObserver | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self._config = ServerConfig(
-            router, max_body_bytes, keepalive_timeout, header_timeout, max_ws_message_bytes
+            router, max_body_bytes, keepalive_timeout, header_timeout, max_ws_message_bytes,
+            body_timeout, max_connections, max_header_bytes, max_header_count, policy, observer,
         )
         self._server: asyncio.Server | None = None
-        self._connections: set[ServerConnection] = set()
+        on_change = observer.connections_changed if observer is not None else None
+        self._connections = ConnectionSet(on_change)
         self._stopped: asyncio.Event | None = None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -92,13 +130,17 @@ class Server:
             await self.shutdown()
             raise
 
-    async def shutdown(self) -> None:
-        """Stop listening, close every connection and cancel the handlers still running."""
+    async def shutdown(self, grace: float = 0.0) -> None:
+        """Stop listening; give requests in progress up to ``grace`` seconds to finish
+        (idle connections close at once), then close every connection and cancel the
+        handlers still running."""
         if self._server is None:
             return
         server, self._server = self._server, None
         server.close()
-        tasks = [task for conn in list(self._connections) if (task := conn.shutdown())]
+        if grace > 0:
+            await self._drain(grace)
+        tasks = [task for conn in self._connections if (task := conn.shutdown())]
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
         with contextlib.suppress(TimeoutError):
@@ -106,6 +148,13 @@ class Server:
             await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE_SECONDS)
         if self._stopped is not None:
             self._stopped.set()
+
+    async def _drain(self, grace: float) -> None:
+        for connection in self._connections:
+            connection.drain()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
 
 
 class _Phase(enum.Enum):
@@ -125,21 +174,25 @@ class HttpProtocol(asyncio.Protocol):
     until the current response is done.
     """
 
-    def __init__(self, config: ServerConfig, connections: set[ServerConnection]) -> None:
+    def __init__(self, config: ServerConfig, connections: ConnectionSet) -> None:
         self._config = config
         self._connections = connections
         self._loop = asyncio.get_running_loop()
-        self._conn = h11.Connection(h11.SERVER)
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         self._flow = WriteFlow()
         self._transport: asyncio.Transport | None = None
         self._client = ""
         self._phase = _Phase.IDLE
         self._timer: asyncio.TimerHandle | None = None
         self._head: h11.Request | None = None
+        self._request: Request | None = None
+        self._record: RequestRecord | None = None
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_deadline = 0.0
         self._websocket: WebSocketHandler | None = None
         self._task: asyncio.Task[None] | None = None
+        self._draining = False
 
     # --- asyncio.Protocol ---
 
@@ -148,6 +201,9 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        if len(self._connections) >= self._config.max_connections:
+            self._refuse_connection()
+            return
         self._connections.add(self)
         self._set_timer(self._config.header_timeout)
 
@@ -163,7 +219,9 @@ class HttpProtocol(asyncio.Protocol):
             self._phase = _Phase.HEAD
             self._set_timer(self._config.header_timeout)
         elif self._phase is _Phase.BODY:
-            self._set_timer(self._config.header_timeout)  # a body must keep arriving
+            # a body must keep arriving, and arrive whole before its deadline
+            left = self._body_deadline - self._loop.time()
+            self._set_timer(min(self._config.header_timeout, max(left, 0.0)))
         self._process_events()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -172,12 +230,19 @@ class HttpProtocol(asyncio.Protocol):
         self._flow.resume()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: stop the work done for it
+        elif self._record is not None:
+            self._finish_record(self._record, CLIENT_CLOSED, "client closed")
 
     def pause_writing(self) -> None:
         self._flow.pause()
 
     def resume_writing(self) -> None:
         self._flow.resume()
+
+    def drain(self) -> None:
+        self._draining = True
+        if self._phase is _Phase.IDLE and self._transport is not None:
+            self._transport.close()
 
     def shutdown(self) -> asyncio.Task[None] | None:
         task = self._task if self._task is not None and not self._task.done() else None
@@ -213,14 +278,27 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._phase = _Phase.BODY
+        self._body_deadline = self._loop.time() + self._config.body_timeout
         self._set_timer(self._config.header_timeout)
-        declared = _content_length(head)
-        if declared is not None and declared > self._config.max_body_bytes:
-            self._reject(self._body_too_large())
+        self._request = request = self._build_request(head)
+        self._record = self._start_record(request)
+        if (error := self._head_problem(head, request)) is not None:
+            self._reject(error)
             return
         self._websocket = self._websocket_target(head)
         if self._conn.they_are_waiting_for_100_continue:
             self._write(self._send(h11.InformationalResponse(status_code=100, headers=[])))
+
+    def _head_problem(self, head: h11.Request, request: Request) -> ApiError | None:
+        """Why this request is refused before its body is read, if it is."""
+        config = self._config
+        size = len(head.target) + sum(len(name) + len(value) for name, value in head.headers)
+        if len(head.headers) > config.max_header_count or size > config.max_header_bytes:
+            return _headers_too_large(config.max_header_bytes, config.max_header_count)
+        declared = _content_length(head)
+        if declared is not None and declared > config.max_body_bytes:
+            return self._body_too_large()
+        return config.policy.check(request) if config.policy is not None else None
 
     def _on_body_data(self, data: bytes) -> None:
         self._body_size += len(data)
@@ -230,26 +308,32 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(data)
 
     def _on_request_complete(self) -> None:
-        assert self._head is not None
+        assert self._head is not None and self._request is not None
         self._cancel_timer()
         self._phase = _Phase.HANDLING
-        request = self._build_request(self._head)
+        request = self._request
+        request.body = b"".join(self._body)
+        self._body = []
+        policy = self._config.policy
+        if policy is not None and (answer := policy.preflight(request)) is not None:
+            self._task = self._loop.create_task(self._respond_now(request, answer))
+            return
         if self._websocket is not None:
             problem = _handshake_problem(self._head)
             if problem is None:
                 self._switch_to_websocket(self._websocket, self._head)
                 return
             error = invalid_request(problem)
-            self._task = self._loop.create_task(self._respond_now(request, error))
+            response = self._error_response(error, request.path)
+            self._task = self._loop.create_task(self._respond_now(request, response))
             return
         self._task = self._loop.create_task(self._handle(request))
 
     def _build_request(self, head: h11.Request) -> Request:
         path, _, query = head.target.decode("latin-1").partition("?")
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-        body = b"".join(self._body)
-        self._body = []
-        return Request(head.method.decode("ascii"), path, query, headers, body, self._client)
+        return Request(head.method.decode("ascii"), path, query, headers, b"", self._client,
+                       id=request_id(headers.get("x-request-id")))
 
     def _websocket_target(self, head: h11.Request) -> WebSocketHandler | None:
         upgrade = _header(head, b"upgrade")
@@ -262,50 +346,58 @@ class HttpProtocol(asyncio.Protocol):
         trailing, _ = self._conn.trailing_data
         transport = self._transport_or_fail()
         self._connections.discard(self)
+        path = head.target.decode("latin-1").partition("?")[0]
         websocket = ServerWebSocket(
             handler,
             max_message_bytes=self._config.max_ws_message_bytes,
             flow=self._flow,
             connections=self._connections,
             client=self._client,
+            path=path,
+            route=self._config.router.route_for(path) or "",
+            observer=self._config.observer,
         )
+        if self._record is not None:
+            self._finish_record(self._record, 101)
         websocket.start(transport, _handshake_bytes(head), trailing)
+        if self._draining:
+            websocket.drain()
 
     # --- handling and responding ---
 
     async def _handle(self, request: Request) -> None:
-        started = self._loop.time()
+        record = self._record
+        current_request.set(record)
+        status, note = CLIENT_CLOSED, "cancelled"
         try:
             response = await self._call_handler(request)
+            status, note = response.status, ""
             head_only = request.method == "HEAD"
             if isinstance(response, StreamResponse):
-                complete = await self._send_stream(response, head_only)
+                complete = await self._send_stream(response, request, head_only)
+                note = "" if complete else "stream broke off"
             else:
-                self._send_response(response, head_only)
+                self._send_response(response, request, head_only)
                 complete = True
         except Exception:  # e.g. h11 refusing a handler's malformed headers
             logger.exception("Failed to send the response to %s %s", request.method, request.path)
+            note = "response failed"
             self._task = None
             self._transport_or_fail().close()
             return
-        if logger.isEnabledFor(logging.DEBUG):
-            elapsed_ms = (self._loop.time() - started) * 1000
-            logger.debug(
-                "%s %s %s %d %.1fms",
-                self._client,
-                request.method,
-                request.path,
-                response.status,
-                elapsed_ms,
-            )
+        finally:
+            if record is not None:
+                self._finish_record(record, status, note)
         self._task = None
         if complete:
             self._finish_cycle()
         else:
             self._transport_or_fail().close()
 
-    async def _respond_now(self, request: Request, error: ApiError) -> None:
-        self._send_response(self._error_response(error, request.path), request.method == "HEAD")
+    async def _respond_now(self, request: Request, response: Response) -> None:
+        self._send_response(response, request, request.method == "HEAD")
+        if self._record is not None:
+            self._finish_record(self._record, response.status)
         self._task = None
         self._finish_cycle()
 
@@ -326,20 +418,34 @@ class HttpProtocol(asyncio.Protocol):
         body = self._config.router.error_body(path, error)
         return _error_response(error, body)
 
-    def _send_response(self, response: Response, head_only: bool) -> None:
+    def _extra_headers(self, request: Request | None) -> list[tuple[bytes, bytes]]:
+        """Headers every response gets: the request id, CORS, and whether we will close."""
+        headers: list[tuple[str, str]] = []
+        if request is not None:
+            headers.append(("x-request-id", request.id))
+            if self._config.policy is not None:
+                headers.extend(self._config.policy.response_headers(request))
+        if self._draining:
+            headers.append(("connection", "close"))
+        return _encode_headers(headers)
+
+    def _send_response(self, response: Response, request: Request | None,
+                       head_only: bool) -> None:
         body = response.body
         headers = _base_headers()
         if _may_have_body(response.status):
             headers.append((b"content-type", response.content_type.encode("latin-1")))
             headers.append((b"content-length", str(len(body)).encode()))
         headers.extend(_encode_headers(response.headers))
+        headers.extend(self._extra_headers(request))
         data = self._send(_response_head(response.status, headers))
         if body and not head_only and _may_have_body(response.status):
             data += self._send(h11.Data(data=body))
         data += self._send(h11.EndOfMessage())
         self._write(data)
 
-    async def _send_stream(self, response: StreamResponse, head_only: bool) -> bool:
+    async def _send_stream(self, response: StreamResponse, request: Request,
+                           head_only: bool) -> bool:
         """Send ``response`` chunk by chunk; ``False`` if it broke off (then close)."""
         chunks = response.chunks
         try:
@@ -350,6 +456,7 @@ class HttpProtocol(asyncio.Protocol):
             if event_stream and not any(name == b"cache-control" for name, _ in extra):
                 headers.append((b"cache-control", b"no-cache"))
             headers.extend(extra)
+            headers.extend(self._extra_headers(request))
             # No Content-Length: h11 picks chunked encoding (close-delimited for HTTP/1.0).
             self._write(self._send(_response_head(response.status, headers)))
             if not head_only:
@@ -370,11 +477,13 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport_or_fail()
         if transport.is_closing():
             return
-        if self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
-            transport.close()  # MUST_CLOSE (Connection: close, HTTP/1.0, ...)
+        if self._draining or self._conn.our_state is not h11.DONE \
+                or self._conn.their_state is not h11.DONE:
+            transport.close()  # MUST_CLOSE (Connection: close, HTTP/1.0, shutting down...)
             return
         self._conn.start_next_cycle()
         self._head = None
+        self._request = None
         self._websocket = None
         self._phase = _Phase.IDLE
         transport.resume_reading()
@@ -384,6 +493,24 @@ class HttpProtocol(asyncio.Protocol):
             self._process_events()
         else:
             self._set_timer(self._config.keepalive_timeout)
+
+    # --- the request log and metrics ---
+
+    def _start_record(self, request: Request) -> RequestRecord:
+        record = RequestRecord(request.id, request.method, request.path, self._client)
+        if self._config.observer is not None:
+            self._config.observer.request_started(record)
+        return record
+
+    def _finish_record(self, record: RequestRecord, status: int, note: str = "") -> None:
+        if record is self._record:
+            self._record = None
+        if not record.finish(status, note):
+            return
+        record.route = self._config.router.route_for(record.path) or ""
+        if self._config.observer is not None:
+            self._config.observer.request_finished(record)
+        log_request(record)
 
     # --- errors before the handler ---
 
@@ -398,22 +525,53 @@ class HttpProtocol(asyncio.Protocol):
 
     def _reject_malformed(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
+        if status == 431:
+            config = self._config
+            self._reject(_headers_too_large(config.max_header_bytes, config.max_header_count))
+            return
         self._reject(ApiError(status, "invalid_request", "Malformed HTTP request", str(exc)))
 
     def _reject(self, error: ApiError) -> None:
         """Answer ``error`` (if a response can still start) and close the connection."""
         self._phase = _Phase.CLOSING
         transport = self._transport_or_fail()
+        request = self._request
         if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            response = _error_response(error)
+            response = self._error_response(error, request.path if request else "")
             response.headers.append(("connection", "close"))
-            head_only = self._head is not None and self._head.method == b"HEAD"
-            self._send_response(response, head_only)
+            head_only = request is not None and request.method == "HEAD"
+            self._send_response(response, request, head_only)
+        record = self._record or self._start_record(Request("", "", "", {}, b"", self._client,
+                                                            id=request_id()))
+        self._finish_record(record, error.status, f"rejected: {_rejection_reason(error)}")
         # Closing with unread bytes would reset the connection and could destroy the
         # response in flight: half-close, and drop what still comes for a moment.
         if transport.can_write_eof():
             transport.write_eof()
         self._set_timer(LINGER_SECONDS)
+
+    def _refuse_connection(self) -> None:
+        """Over ``max_connections``: a canned 503 (no request has been read), then close."""
+        self._phase = _Phase.CLOSING
+        transport = self._transport_or_fail()
+        error = ApiError(503, "server_busy", "Too many connections",
+                         f"The server already has {self._config.max_connections} open "
+                         "connections; retry later")
+        body = json.dumps(error.body()).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nserver: shimmy\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                f"retry-after: {RETRY_AFTER_SECONDS}\r\nconnection: close\r\n\r\n")
+        transport.write(head.encode() + body)
+        if self._config.observer is not None:
+            self._config.observer.rejected("connections")
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._set_timer(LINGER_SECONDS)
+
+    def _on_timeout(self) -> None:
+        if self._phase in (_Phase.HEAD, _Phase.BODY) and self._record is not None:
+            self._finish_record(self._record, 408, "rejected: timeout")
+        self._transport_or_fail().close()
 
     # --- plumbing ---
 
@@ -432,7 +590,7 @@ class HttpProtocol(asyncio.Protocol):
     def _set_timer(self, delay: float) -> None:
         """(Re)start the single timeout that closes this connection."""
         self._cancel_timer()
-        self._timer = self._loop.call_later(delay, self._transport_or_fail().close)
+        self._timer = self._loop.call_later(delay, self._on_timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -477,6 +635,17 @@ def _error_response(error: ApiError, body: dict | None = None) -> Response:
     body = json.dumps(error.body() if body is None else body, ensure_ascii=False).encode()
     headers = list(error.headers) if isinstance(error, RouteError) else []
     return Response(error.status, body, "application/json", headers)
+
+
+def _headers_too_large(max_bytes: int, max_count: int) -> ApiError:
+    return ApiError(431, "invalid_request", "Request header fields too large",
+                    f"The request head exceeds {max_bytes} bytes or {max_count} header fields")
+
+
+def _rejection_reason(error: ApiError) -> str:
+    reasons = {401: "unauthorized", 403: "forbidden", 413: "body_too_large",
+               431: "headers_too_large"}
+    return reasons.get(error.status, "malformed")
 
 
 def _header(head: h11.Request, name: bytes) -> bytes | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from wsproto import ConnectionType, WSConnection
@@ -20,7 +21,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from shimmy.http.types import WebSocketHandler
+from shimmy.http.types import ServerObserver, WebSocketHandler
+from shimmy.logs import RequestRecord, current_request, log_request, request_id
 
 logger = logging.getLogger("shimmy.http")
 
@@ -63,8 +65,39 @@ class WriteFlow:
 class ServerConnection(Protocol):
     """What the server needs from each live connection to shut it down."""
 
+    def drain(self) -> None:
+        """Finish the request in progress, take no new one, then close."""
+
     def shutdown(self) -> asyncio.Task[None] | None:
         """Close the connection and cancel its handler; returns the task to await, if any."""
+
+
+class ConnectionSet:
+    """The server's live connections; tells ``on_change`` how many there are."""
+
+    def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
+        self._members: set[ServerConnection] = set()
+        self._on_change = on_change
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __iter__(self) -> Iterator[ServerConnection]:
+        return iter(list(self._members))
+
+    def add(self, connection: ServerConnection) -> None:
+        if connection not in self._members:
+            self._members.add(connection)
+            self._changed()
+
+    def discard(self, connection: ServerConnection) -> None:
+        if connection in self._members:
+            self._members.discard(connection)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(len(self._members))
 
 
 class ServerWebSocket(asyncio.Protocol):
@@ -76,6 +109,9 @@ class ServerWebSocket(asyncio.Protocol):
     answered and the close handshake completed here. When the connection goes, a pending
     ``receive_text`` returns ``None``; a handler busy elsewhere is cancelled, so work for
     a client that is gone stops (unless the handler itself started the close).
+
+    Each message the handler receives is one request in the log and the metrics: its
+    record is current from ``receive_text`` returning it until the next call.
     """
 
     def __init__(
@@ -84,14 +120,22 @@ class ServerWebSocket(asyncio.Protocol):
         *,
         max_message_bytes: int,
         flow: WriteFlow,
-        connections: set[ServerConnection],
+        connections: ConnectionSet,
         client: str = "",
+        path: str = "",
+        route: str = "",
+        observer: ServerObserver | None = None,
     ) -> None:
         self._handler = handler
         self._max_message_bytes = max_message_bytes
         self._flow = flow
         self._connections = connections
         self._client = client
+        self._path = path
+        self._route = route
+        self._observer = observer
+        self._record: RequestRecord | None = None
+        self._draining = False
         self._loop = asyncio.get_running_loop()
         self._ws = WSConnection(ConnectionType.SERVER)
         self._transport: asyncio.Transport | None = None
@@ -113,6 +157,10 @@ class ServerWebSocket(asyncio.Protocol):
         return self._lost or self._ws.state is not ConnectionState.OPEN
 
     async def receive_text(self) -> str | None:
+        self._finish_record()
+        if self._draining:
+            self._start_close(CLOSE_GOING_AWAY, "server shutting down")
+            return None
         if self._ended and self._messages.empty():
             return None
         self._receiving = True
@@ -122,6 +170,8 @@ class ServerWebSocket(asyncio.Protocol):
             self._receiving = False
         if self._reading_paused and self._messages.qsize() <= _QUEUE_LOW:
             self._set_reading(True)
+        if message is not None:
+            self._open_record()
         return message
 
     async def send_text(self, text: str) -> None:
@@ -146,6 +196,12 @@ class ServerWebSocket(asyncio.Protocol):
         self.data_received(handshake)
         if trailing:
             self.data_received(trailing)
+
+    def drain(self) -> None:
+        """Let the request in progress finish; close instead of reading another."""
+        self._draining = True
+        if self._receiving or self._task is None:
+            self._start_close(CLOSE_GOING_AWAY, "server shutting down")
 
     def shutdown(self) -> asyncio.Task[None] | None:
         self._start_close(CLOSE_GOING_AWAY, "server shutting down")
@@ -249,9 +305,29 @@ class ServerWebSocket(asyncio.Protocol):
             await self._handler(self)
         except Exception:
             logger.exception("WebSocket handler failed")
+            self._finish_record(note="handler failed")
             await self.close(CLOSE_INTERNAL_ERROR, "internal error")
         else:
             await self.close()
+        finally:
+            self._finish_record(note="cancelled" if self._lost else "")
+
+    def _open_record(self) -> None:
+        record = RequestRecord(request_id(), "WS", self._path, self._client, kind="websocket",
+                               route=self._route)
+        self._record = record
+        current_request.set(record)  # the handler's task: what it starts is tied to this
+        if self._observer is not None:
+            self._observer.request_started(record)
+
+    def _finish_record(self, note: str = "") -> None:
+        record, self._record = self._record, None
+        if record is None or not record.finish(note=note):
+            return
+        current_request.set(None)
+        if self._observer is not None:
+            self._observer.request_finished(record)
+        log_request(record)
 
     def _start_close(self, code: int, reason: str) -> None:
         """Send our Close (if still open) and give the peer a while to answer it."""

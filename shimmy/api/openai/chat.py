@@ -18,7 +18,9 @@ from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import generation_failed, invalid_request
 from shimmy.http.sse import SSE_DONE
 from shimmy.http.types import Request, Response, StreamResponse
+from shimmy.logs import attach
 from shimmy.models.chat_template import ChatTemplateError, normalize_messages
+from shimmy.security import check_capacity
 
 
 @dataclass(slots=True)
@@ -46,6 +48,7 @@ class ChatCompletions:
 
     async def start(self, body: dict[str, Any]) -> ChatJob:
         model = await self.state.pool.get(params.string(body, "model", "default"))
+        check_capacity(model)
         if "messages" not in body:
             raise invalid_request("'messages' is required", param="messages")
         common.require_n_one(body)
@@ -65,6 +68,7 @@ class ChatCompletions:
         generation = model.generate(prompt, limit, sampling, stops,
                                     params.boolean(body, "ignore_eos", False),
                                     top if logprobs else -1)
+        attach(model.name, generation)
         return ChatJob(model, generation, plan, stream, include_usage, logprobs)
 
 

@@ -17,6 +17,8 @@ from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import generation_failed, invalid_request
 from shimmy.http.sse import SSE_DONE
 from shimmy.http.types import Request, Response, StreamResponse
+from shimmy.logs import attach
+from shimmy.security import check_capacity
 
 MAX_PROMPTS = 16
 
@@ -65,6 +67,7 @@ class Completions:
 
     async def start(self, body: dict[str, Any], stream: bool) -> CompletionJob:
         model = await self.state.pool.get(params.string(body, "model", "default"))
+        check_capacity(model)
         common.require_n_one(body)
         include_usage = common.stream_options(body, stream)
         logprobs = params.integer(body, "logprobs", -1, -1, 5) if body.get("logprobs") \
@@ -81,6 +84,7 @@ class Completions:
             generation = model.generate(tokens, limit, common.sampling(body),
                                         params.stop_strings(body),
                                         params.boolean(body, "ignore_eos", False), logprobs)
+            attach(model.name, generation)
             choices.append(Choice(index, text, generation))
         return CompletionJob(model, choices, echo, logprobs, include_usage)
 

@@ -1,0 +1,44 @@
+"""``GET /metrics``: the server's counters plus live model, slot and process gauges."""
+
+from __future__ import annotations
+
+from shimmy.api.state import AppState
+from shimmy.engine.loaded import LoadedModel
+from shimmy.http.router import Router
+from shimmy.http.types import Request, Response
+from shimmy.metrics import CONTENT_TYPE, METRICS, Gauge, Metric, Metrics, process_metrics, render
+
+
+def register(router: Router, state: AppState, metrics: Metrics = METRICS) -> None:
+    async def scrape(request: Request) -> Response:
+        text = render([*metrics.all(), *model_metrics(state), *process_metrics()])
+        return Response(200, text.encode(), CONTENT_TYPE)
+
+    router.add("GET", "/metrics", scrape)
+
+
+def model_metrics(state: AppState) -> list[Metric]:
+    loaded = state.pool.loaded
+    models = Gauge("shimmy_models_loaded", "Models in memory")
+    models.set(value=len(loaded))
+    load_seconds = Gauge("shimmy_model_load_seconds", "How long each loaded model took to load",
+                         ("model",))
+    active = Gauge("shimmy_slots_active", "Slots generating or reading a prompt", ("model",))
+    total = Gauge("shimmy_slots_total", "Slots of each loaded model", ("model",))
+    queued = Gauge("shimmy_queue_depth", "Generations waiting for a free slot", ("model",))
+    up = Gauge("shimmy_scheduler_up", "1 while a model's scheduler thread runs", ("model",))
+    for name, model in sorted(loaded.items()):
+        load_seconds.set(name, value=getattr(model, "load_seconds", 0.0))
+        _scheduler_gauges(name, model, active, total, queued, up)
+    return [models, load_seconds, active, total, queued, up]
+
+
+def _scheduler_gauges(name: str, model: LoadedModel, active: Gauge, total: Gauge,
+                      queued: Gauge, up: Gauge) -> None:
+    scheduler = model.scheduler
+    if scheduler is None or model.engine is None:
+        return  # an embedding model: no slots
+    active.set(name, value=scheduler.n_active)
+    total.set(name, value=model.engine.n_slots)
+    queued.set(name, value=scheduler.n_queued)
+    up.set(name, value=1 if scheduler.alive else 0)
