@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Makes a minimal Debian 12 root (debootstrap --variant=minbase: no Python, no compiler,
-# no network tools) for the binary's chroot test, once, under ~/.cache/shimmy/. Prints
-# its path. Needs root; installs debootstrap with apt-get if it is missing, and fetches
-# from the Debian mirror this machine's apt already uses (or DEBIAN_MIRROR).
+# Makes a minimal Debian root (debootstrap --variant=minbase: no Python, no compiler, no
+# network tools) for the binary's chroot tests, once, under ~/.cache/shimmy/, and prints
+# its path:
+#
+#   scripts/debian_root.sh            Debian 12 (glibc 2.36): the binary must run there
+#   scripts/debian_root.sh bullseye   Debian 11 (glibc 2.31): it must refuse, clearly
+#
+# Needs root; installs debootstrap with apt-get if it is missing, and fetches from the
+# Debian mirror this machine's apt already uses (or DEBIAN_MIRROR).
 set -euo pipefail
 
-root=${SHIMMY_DEBIAN_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/shimmy/debian-bookworm-minbase}
+suite=${1:-bookworm}
+root=${XDG_CACHE_HOME:-$HOME/.cache}/shimmy/debian-$suite-minbase
 if [ -f "$root/etc/debian_version" ]; then
     echo "$root"
     exit 0
@@ -35,6 +41,6 @@ command -v debootstrap >/dev/null || {
 }
 rm -rf "$root.partial"
 mkdir -p "$(dirname "$root")"
-debootstrap --variant=minbase bookworm "$root.partial" "$url" >&2
+debootstrap --variant=minbase "$suite" "$root.partial" "$url" >&2
 mv "$root.partial" "$root"
 echo "$root"

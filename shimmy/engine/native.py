@@ -4,26 +4,34 @@ Importing it maps libllama and its ggml backends; commands that never touch a
 model (``--help``, ``list``) do not pay for that.
 
 The llama.cpp libraries live in llama-cpp-python's ``llama_cpp/lib`` when shimmy runs
-from a virtual environment, and in ``llama_cpp/lib`` inside the bundle when it runs as
-the single-file binary (``sys._MEIPASS``). A portable build keeps its CPU variants
-(``libggml-cpu-<variant>.so``) there too; ``SHIMMY_BACKEND_DIR`` names another folder to
-load them from (to mask a variant, or to try another build of them).
+from a virtual environment, and in ``llama_cpp/lib`` inside the one-folder build
+(``sys._MEIPASS``). The single-file binary, which unpacks itself at every launch, carries
+them as one archive instead, unpacked on first use into ``~/.cache/shimmy/llama-<hash>``
+(or a temporary folder when there is no writable cache) and reused by later launches.
+A portable build's CPU variants
+(``libggml-cpu-<variant>.so``) sit beside them in the bundle, and in ``site-packages/bin``
+where llama-cpp-python's wheel installs them; ``SHIMMY_BACKEND_DIR`` names another folder
+to load them from (to mask a variant, or to try another build of them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import os
 import re
 import sys
+import tarfile
+import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
 
 BACKEND_DIR_ENV = "SHIMMY_BACKEND_DIR"
 BUILD_INFO_FILE = "llama_build.json"  # written into the binary by build.spec
+LIBS_ARCHIVE = "llama_cpp_libs.tar.xz"  # the single-file binary's llama.cpp libraries
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -43,6 +51,7 @@ def load() -> ModuleType:
     global _module
     with _lock:
         if _module is None:
+            _preload_unpacked()
             from shimmy.engine import _sampler
 
             directory = backend_dir()
@@ -64,15 +73,77 @@ def lib_dir() -> Path | None:
     """The folder holding libllama and ggml's libraries."""
     bundle = bundle_dir()
     if bundle is not None:
-        return bundle / "llama_cpp" / "lib"
+        inside = bundle / "llama_cpp" / "lib"
+        return inside if inside.is_dir() else unpacked_lib_dir(bundle / "shimmy" / LIBS_ARCHIVE)
     package = llama_cpp_package()
     return package / "lib" if package else None
+
+
+def unpacked_lib_dir(archive: Path) -> Path:
+    """The single-file binary's libraries, unpacked once per build and then reused."""
+    key = llama_build().get("libs_sha256", "unknown")[:16]
+    temporary = Path(tempfile.gettempdir()) / f"shimmy-{os.getuid()}"
+    problems = []
+    for base in (*_cache_home(), temporary):
+        target = base / f"llama-{key}"
+        if (target / ".complete").is_file():
+            return target
+        try:
+            return _unpack(archive, target)
+        except (OSError, tarfile.TarError) as exc:
+            problems.append(f"{target}: {exc}")
+    raise BackendError("cannot unpack llama.cpp's libraries: " + "; ".join(problems))
+
+
+def _cache_home() -> list[Path]:
+    if os.environ.get("XDG_CACHE_HOME"):
+        return [Path(os.environ["XDG_CACHE_HOME"]) / "shimmy"]
+    try:
+        return [Path.home() / ".cache" / "shimmy"]
+    except RuntimeError:  # no HOME and no passwd entry
+        return []
+
+
+def _unpack(archive: Path, target: Path) -> Path:
+    # unpack beside the target and rename: a launch beside this one never sees half of it
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    with tarfile.open(archive) as tar:
+        tar.extractall(partial, filter="data")
+    (partial / ".complete").touch()
+    try:
+        partial.rename(target)
+    except OSError:
+        if not (target / ".complete").is_file():
+            raise
+        _remove(partial)  # another launch got there first
+    return target
+
+
+def _remove(directory: Path) -> None:
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()
+
+
+def _preload_unpacked() -> None:
+    """Map the unpacked libllama, so that the engine's link to it resolves to this copy."""
+    bundle = bundle_dir()
+    if bundle is None or (bundle / "llama_cpp" / "lib").is_dir():
+        return
+    directory = lib_dir()
+    if directory is not None:
+        ctypes.CDLL(str(directory / "libllama.so.0"), mode=ctypes.RTLD_GLOBAL)
 
 
 def backend_dir() -> Path | None:
     """Where ggml's loadable CPU variants are looked for."""
     override = os.environ.get(BACKEND_DIR_ENV)
-    return Path(override) if override else lib_dir()
+    if override:
+        return Path(override)
+    package = None if bundle_dir() else llama_cpp_package()
+    if package is not None and any((package.parent / "bin").glob("libggml-cpu-*.so")):
+        return package.parent / "bin"  # where the wheel installs ggml's backend modules
+    return lib_dir()
 
 
 def llama_cpp_package() -> Path | None:
