@@ -141,7 +141,7 @@ def test_metrics_page_has_every_family(port: int) -> None:
 
 def test_a_generation_moves_the_counters(port: int) -> None:
     before = scrape(port)
-    # long enough (> one 256-token chunk) that the repeat reuses the cached prefix
+    # long enough (several 64-token chunks) that the repeat reuses the cached prefix
     prompt = "The history of the moon and the tides, told slowly. " * 26
     exact = {"ignore_eos": True}  # every generation runs to max_tokens
     for _ in range(2):

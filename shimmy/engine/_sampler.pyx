@@ -610,7 +610,7 @@ cdef class BatchEngine:
     cdef int n_swa
     cdef vector[llama_token_data] candidates  # scratch for grammar-checked sampling
 
-    def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=256):
+    def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots

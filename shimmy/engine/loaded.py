@@ -27,7 +27,7 @@ class EngineSettings:
     parallel: int = 4
     threads: int = 2
     gpu_layers: int = 0
-    batch: int = 256  # prompt chunk; also the unit in which cached prefixes are reused
+    batch: int = 64  # prompt chunk; also the unit in which cached prefixes are reused
     use_mmap: bool = True
 
 
