@@ -18,7 +18,6 @@ from shimmy.api import params
 from shimmy.api.openai import common
 from shimmy.api.openai.chat import render_prompt
 from shimmy.api.state import AppState
-from shimmy.api.streams import CancellingStream
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import ApiError, generation_failed, invalid_request
@@ -73,10 +72,8 @@ class Messages:
 
     async def handle(self, request: Request) -> Response | StreamResponse:
         job = await self.start(params.require_object(request.json()))
-        if job.stream:
-            chunks = common.with_pings(_stream(job), job.generation)
-            return StreamResponse(CancellingStream(chunks, job.generation.cancel))
-        return Response.json(await _complete(job))
+        return await common.respond(job.generation, job.stream, lambda: _stream(job),
+                                    lambda: _complete(job))
 
     async def start(self, body: dict[str, Any]) -> MessageJob:
         if body.get("max_tokens") is None:

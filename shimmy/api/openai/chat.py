@@ -12,7 +12,6 @@ from shimmy.api.json_grammar import JSON_VALUE_GBNF, SchemaError, schema_to_gbnf
 from shimmy.api.openai import common, tools
 from shimmy.api.openai.errors import openai_error_body
 from shimmy.api.state import AppState
-from shimmy.api.streams import CancellingStream
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import generation_failed, invalid_request
@@ -41,10 +40,8 @@ class ChatCompletions:
 
     async def handle(self, request: Request) -> Response | StreamResponse:
         job = await self.start(params.require_object(request.json()))
-        if job.stream:
-            chunks = common.with_pings(_stream(job), job.generation)
-            return StreamResponse(CancellingStream(chunks, job.generation.cancel))
-        return Response.json(await _complete(job))
+        return await common.respond(job.generation, job.stream, lambda: _stream(job),
+                                    lambda: _complete(job))
 
     async def start(self, body: dict[str, Any]) -> ChatJob:
         model = await self.state.pool.get(params.string(body, "model", "default"))

@@ -6,14 +6,16 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shimmy.api import params
+from shimmy.api.streams import CancellingStream
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, Sampling
 from shimmy.errors import invalid_request
 from shimmy.http.sse import SSE_PING
+from shimmy.http.types import Response, StreamResponse
 
 PING_SECONDS = 10.0  # a comment line this often while a long prompt is read
 SYSTEM_FINGERPRINT = "fp_shimmy"
@@ -97,6 +99,16 @@ def _text(piece: bytes) -> str:
 
 def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def respond(generation: Generation, stream: bool,
+                  chunks: Callable[[], AsyncIterator[bytes]],
+                  body: Callable[[], Awaitable[dict[str, Any]]]) -> Response | StreamResponse:
+    """A streamed answer (with pings, cancelled when the client goes away) or a whole one."""
+    if stream:
+        return StreamResponse(CancellingStream(with_pings(chunks(), generation),
+                                               generation.cancel))
+    return Response.json(await body())
 
 
 async def with_pings(chunks: AsyncIterator[bytes], generation: Generation,
