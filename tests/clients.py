@@ -73,18 +73,26 @@ class WsClient:
         self.sock.close()
 
 
-def request(port: int, method: str, path: str, body: Any = None,
-            timeout: float = 120) -> tuple[int, dict[str, str], bytes]:
+def request(port: int, method: str, path: str, body: Any = None, timeout: float = 120,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request; a dict or list body is sent as JSON, bytes as they are."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     payload = json.dumps(body).encode() if isinstance(body, dict | list) else body
-    headers = {"Content-Type": "application/json"} if payload is not None else {}
+    headers = dict(headers or {})
+    if payload is not None and "content-type" not in {name.lower() for name in headers}:
+        headers["Content-Type"] = "application/json"
     try:
         conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+def busy_slots(port: int) -> int:
+    """Slots of the (single) served model generating right now, from GET /api/models."""
+    _, body = request_json(port, "GET", "/api/models")
+    return body["models"][0]["slots"]["busy"]
 
 
 def request_json(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:

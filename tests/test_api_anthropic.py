@@ -11,7 +11,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from clients import connect, request, request_json
+from clients import busy_slots, connect, request, request_json
 from conftest import wait_until
 
 from shimmy.api.anthropic import MessageJob, _stop
@@ -60,11 +60,6 @@ def openai_prompt_tokens(port: int, messages: list[dict[str, Any]]) -> int:
                                 {"model": MODEL, "messages": messages, "max_tokens": 1})
     assert status == 200, body
     return body["usage"]["prompt_tokens"]
-
-
-def busy_slots(port: int) -> int:
-    _, body = request_json(port, "GET", "/api/models")
-    return body["models"][0]["slots"]["busy"]
 
 
 def test_message_shape_and_usage(port: int, client: anthropic.Anthropic) -> None:

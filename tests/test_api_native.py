@@ -8,7 +8,7 @@ import socket
 import threading
 
 import pytest
-from clients import connect, request, request_json, sse_events
+from clients import busy_slots, connect, request, request_json, sse_events
 from conftest import wait_until
 
 GREEDY = {"temperature": 0}
@@ -269,11 +269,6 @@ def test_chunked_request_body(port: int) -> None:
     sock.close()
     assert data.startswith(b"HTTP/1.1 200")
     assert b'"usage"' in data
-
-
-def busy_slots(port: int) -> int:
-    _, body = request_json(port, "GET", "/api/models")
-    return body["models"][0]["slots"]["busy"]
 
 
 def test_disconnect_mid_stream_frees_the_slot(port: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
 import socket
@@ -24,7 +23,7 @@ from urllib.parse import quote
 import anthropic
 import openai
 import pytest
-from clients import WsClient, connect, request_json, wait_closed
+from clients import WsClient, connect, request, request_json, wait_closed
 from conftest import ShimmyProcess, isolated_env, wait_until
 from tiny_model import write_spelling_model
 from wsproto import ConnectionType, WSConnection
@@ -57,17 +56,8 @@ APP_ORIGIN = "http://app.example:3000"
 def call(port: int, method: str, path: str, body: Any = None,
          **headers: str) -> tuple[int, dict[str, str], bytes]:
     """One request with exactly these extra headers (``host`` replaces the default)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    payload = json.dumps(body).encode() if isinstance(body, dict | list) else body
     names = {name.replace("_", "-"): value for name, value in headers.items()}
-    if payload is not None:
-        names.setdefault("content-type", "application/json")
-    try:
-        conn.request(method, path, body=payload, headers=names)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+    return request(port, method, path, body, timeout=30, headers=names)
 
 
 def error_of(body: bytes) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from clients import WsClient, request_json
+from clients import WsClient, busy_slots, request_json
 from conftest import wait_until
 from wsproto.events import TextMessage
 
@@ -69,11 +69,6 @@ def test_several_requests_on_one_connection_and_errors_keep_it_open(port: int) -
     again, done = run_request(client, {"prompt": "One", "max_tokens": 3, "temperature": 0})
     assert again == first and done["done"]
     client.close()
-
-
-def busy_slots(port: int) -> int:
-    _, body = request_json(port, "GET", "/api/models")
-    return body["models"][0]["slots"]["busy"]
 
 
 def test_disconnect_mid_generation_frees_the_slot(port: int) -> None:
