@@ -483,6 +483,21 @@ cdef str _failure(str what, str path):
     return f"{reason}: {detail}" if detail else reason
 
 
+cdef llama_context * _open_context(Model model, llama_context_params params, int n_threads,
+                                   str what) except NULL:
+    """A llama.cpp context on ``model``; the failure names what it was for and why."""
+    cdef llama_context * ctx
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    params.no_perf = True
+    take_log_tail()
+    with nogil:
+        ctx = llama_init_from_model(model.ptr, params)
+    if ctx is NULL:
+        raise LlamaError(_failure(f"could not create {what} for", model.path))
+    return ctx
+
+
 cdef int _append_piece(const llama_vocab * vocab, llama_token token, string & out,
                        cbool special) noexcept nogil:
     cdef char buf[64]
@@ -617,18 +632,11 @@ cdef class BatchEngine:
         params.n_batch = max(n_batch, n_slots)
         params.n_ubatch = params.n_batch
         params.n_seq_max = n_slots
-        params.n_threads = n_threads
-        params.n_threads_batch = n_threads
         params.kv_unified = False
         params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.swa_full = True
-        params.no_perf = True
         self.model = model
-        take_log_tail()
-        with nogil:
-            self.ctx = llama_init_from_model(model.ptr, params)
-        if self.ctx is NULL:
-            raise LlamaError(_failure("could not create a context for", model.path))
+        self.ctx = _open_context(model, params, n_threads, "a context")
         if model.loras.size():
             scales.assign(model.loras.size(), 1.0)
             llama_set_adapters_lora(self.ctx, model.loras.data(), model.loras.size(),
@@ -1031,17 +1039,10 @@ cdef class Embedder:
         params.n_batch = n_ctx
         params.n_ubatch = n_ctx  # an encoder must see the whole input in one ubatch
         params.n_seq_max = 1
-        params.n_threads = n_threads
-        params.n_threads_batch = n_threads
         params.embeddings = True
         params.pooling_type = LLAMA_POOLING_TYPE_UNSPECIFIED
-        params.no_perf = True
         self.model = model
-        take_log_tail()
-        with nogil:
-            self.ctx = llama_init_from_model(model.ptr, params)
-        if self.ctx is NULL:
-            raise LlamaError(_failure("could not create an embedding context for", model.path))
+        self.ctx = _open_context(model, params, n_threads, "an embedding context")
         if llama_get_pooling_type(self.ctx) == LLAMA_POOLING_TYPE_NONE:
             raise LlamaError("the model defines no pooling, so it produces no embeddings")
         self.n_ctx = llama_n_ctx(self.ctx)
