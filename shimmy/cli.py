@@ -133,6 +133,18 @@ def _serving_options(serve: argparse.ArgumentParser) -> None:
                         help="seconds an idle keep-alive connection stays open (default 5)")
     limits.add_argument("--shutdown-grace", type=float, metavar="S",
                         help="on SIGTERM/SIGINT, seconds to let requests finish (default 10)")
+    pool = serve.add_argument_group("models in memory")
+    pool.add_argument("--keep-alive", metavar="DURATION",
+                      help="how long a model stays loaded after its last request: 30s, 5m, "
+                           "1h or seconds; negative: forever; 0: unload when idle (default "
+                           "5m; or set SHIMMY_KEEP_ALIVE)")
+    pool.add_argument("--max-models", type=int, metavar="N",
+                      help="models loaded at once; the least recently used idle one makes "
+                           "room (default 3, 0: no limit; or set SHIMMY_MAX_MODELS)")
+    pool.add_argument("--memory-budget", metavar="SIZE",
+                      help="memory for loaded models' weights and KV caches, e.g. 8GiB or "
+                           "75%%; 0: no budget (default 80%% of physical memory; or set "
+                           "SHIMMY_MEMORY_BUDGET)")
     logs = serve.add_argument_group("logging")
     logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                       help="'info' logs one line per request (default warning)")

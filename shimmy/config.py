@@ -10,12 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shimmy.engine.loaded import EngineSettings
+from shimmy.engine.pool import DEFAULT_KEEP_ALIVE, DEFAULT_MAX_MODELS, PoolLimits, parse_keep_alive
 from shimmy.models.discovery import DiscoveryReport, discover
-from shimmy.sysinfo import physical_cores
+from shimmy.sysinfo import physical_cores, total_memory_bytes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 API_KEY_ENV = "SHIMMY_API_KEY"
+# the model pool's options, each also read from the environment when its flag is not given
+POOL_ENV = {"keep_alive": "SHIMMY_KEEP_ALIVE", "max_models": "SHIMMY_MAX_MODELS",
+            "memory_budget": "SHIMMY_MEMORY_BUDGET"}
+DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b?|b)?", re.I)
 
 
 class ConfigError(ValueError):
@@ -42,6 +48,10 @@ class Config:
     header_timeout: float = 30.0
     idle_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    # the model pool: how long idle models stay, and how many may be in memory
+    keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; math.inf: forever
+    max_models: int = DEFAULT_MAX_MODELS  # 0: no limit
+    memory_budget: int | None = None  # bytes; None: a fraction of physical memory; 0: none
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -73,6 +83,23 @@ class Config:
                      "shutdown_grace"):
             if (value := getattr(args, name)) is not None:
                 setattr(self, name, value)
+        self._pool_args(args)
+
+    def _pool_args(self, args: argparse.Namespace) -> None:
+        """--keep-alive, --max-models and --memory-budget, else their SHIMMY_* variables."""
+        parsers = {"keep_alive": parse_keep_alive, "max_models": _count,
+                   "memory_budget": parse_size}
+        for name, parse in parsers.items():
+            flag, variable = "--" + name.replace("_", "-"), POOL_ENV[name]
+            value, source = getattr(args, name), flag
+            if value is None:
+                value, source = os.environ.get(variable) or None, variable
+            if value is None:
+                continue
+            try:
+                setattr(self, name, parse(value))
+            except ValueError as exc:
+                raise ConfigError(f"{source} '{value}': {exc}") from None
 
     def check(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -111,8 +138,49 @@ class Config:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers)
 
+    def pool_limits(self) -> PoolLimits:
+        budget = self.memory_budget
+        if budget is None:
+            budget = int((total_memory_bytes() or 0) * DEFAULT_MEMORY_FRACTION)
+        return PoolLimits(keep_alive=self.keep_alive, max_models=self.max_models,
+                          memory_budget=budget)
+
     def discover(self, env: Mapping[str, str] | None = None) -> DiscoveryReport:
         return discover(self.model_path, self.model_dirs, env=os.environ if env is None else env)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "8GiB", "512M", "8GB" (KiB/MiB/GiB/TiB and K/M/G/T are powers of 1024,
+    KB/MB/GB/TB of 1000), "75%" of physical memory, or a plain number of bytes."""
+    text = text.strip()
+    if text.endswith("%"):
+        percent = _non_negative(text[:-1], "a percentage")
+        if percent > 100:
+            raise ValueError("a percentage of physical memory must be 0 to 100")
+        return int((total_memory_bytes() or 0) * percent / 100)
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError("expected a size such as 8GiB, 512MiB, 75% or a number of bytes")
+    unit = (match[2] or "b").lower()
+    base = 1000 if len(unit) == 2 and unit[1] == "b" else 1024
+    return int(float(match[1]) * base ** "bkmgt".index(unit[0]))
+
+
+def _count(value: str | int) -> int:
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ValueError("expected a whole number of models, 0 for no limit")
+    return int(text)
+
+
+def _non_negative(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected {what}") from None
+    if not value >= 0:
+        raise ValueError(f"expected {what} of 0 or more")
+    return value
 
 
 def parse_bind(text: str) -> tuple[str, int]:

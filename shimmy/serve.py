@@ -26,7 +26,8 @@ log = logging.getLogger("shimmy")
 
 def build_state(config: Config) -> AppState:
     registry = ModelRegistry(config.discover())
-    return AppState(registry=registry, pool=ModelPool(registry, config.engine_settings()))
+    pool = ModelPool(registry, config.engine_settings(), config.pool_limits())
+    return AppState(registry=registry, pool=pool)
 
 
 async def serve(config: Config) -> int:
@@ -56,7 +57,7 @@ async def serve(config: Config) -> int:
     serving.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await serving
-    await asyncio.to_thread(state.pool.close)
+    await state.pool.aclose()
     return 0
 
 

@@ -58,8 +58,9 @@ class ShimmyProcess:
 @pytest.fixture(scope="session")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimmyProcess]:
     home = tmp_path_factory.mktemp("home")
-    process = ShimmyProcess(["--model-path", str(model_path), "--parallel", "4"],
-                            isolated_env(home), home)
+    # kept loaded for the whole session: tests read its state long after the first request
+    process = ShimmyProcess(["--model-path", str(model_path), "--parallel", "4",
+                             "--keep-alive", "-1"], isolated_env(home), home)
     # load the model once so the first test does not pay for it
     status, _, body = request(process.port, "POST", "/api/generate",
                               {"prompt": "Hi", "max_tokens": 1})

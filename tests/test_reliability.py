@@ -223,15 +223,18 @@ def test_full_slots_and_queue_answer_503_with_retry_after(busy: int) -> None:
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A server whose model files go bad after discovery, one model too big for memory
-    (its KV cache would take 40 GiB; the process may have 8), and one good model."""
+    (its KV cache would take 40 GiB; the process may have 8), and one good model. No memory
+    budget, so that llama.cpp itself meets the too-big model (tests/test_pool.py covers the
+    budget)."""
     models = tmp_path_factory.mktemp("models")
     for name in ("good", "truncated", "deleted", "replaced", "corrupt"):
         write_spelling_model(models / f"{name}.gguf", "ok!")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tiny_model, "CONTEXT_LENGTH", 1 << 25)
         write_spelling_model(models / "too-big.gguf", "ok!")
-    server = Shimmy(["--model-dirs", str(models), "--ctx", str(1 << 25), "--parallel", "1"],
-                    tmp_path_factory.mktemp("home"), memory_limit=8 << 30)
+    server = Shimmy(["--model-dirs", str(models), "--ctx", str(1 << 25), "--parallel", "1",
+                     "--memory-budget", "0"], tmp_path_factory.mktemp("home"),
+                    memory_limit=8 << 30)
     truncated = models / "truncated.gguf"
     with truncated.open("r+b") as file:
         file.truncate(truncated.stat().st_size // 2)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
 
 from shimmy.api.params import GenerateParams, generate_params
 from shimmy.api.state import AppState
 from shimmy.api.streams import CancellingStream
 from shimmy.engine.loaded import LoadedModel
+from shimmy.engine.pool import ModelState
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import ApiError, generation_failed, server_error
 from shimmy.http.router import Router
@@ -36,6 +40,8 @@ class NativeApi:
 
     async def generate(self, request: Request) -> Response | StreamResponse:
         params = generate_params(request.json())
+        if params.prompt is None:
+            return Response.json(await self._load_or_unload(params))
         model, generation = await self._start(params)
         if params.stream:
             return StreamResponse(CancellingStream(_sse_stream(generation), generation.cancel))
@@ -46,8 +52,8 @@ class NativeApi:
         })
 
     async def models(self, request: Request) -> Response:
-        registry, loaded = self.state.registry, self.state.pool.loaded
-        default = registry.default()
+        registry, pool = self.state.registry, self.state.pool
+        loaded, default = pool.loaded, registry.default()
         return Response.json({"models": [
             {
                 "id": entry.name,
@@ -55,6 +61,8 @@ class NativeApi:
                 "description": _describe(entry),
                 "default": default is not None and entry.name == default.name,
                 "loaded": entry.name in loaded,
+                **_state(pool.state(entry.name)),
+                "memory_estimate": pool.memory_need(entry),
                 **_slots(loaded.get(entry.name)),
                 **entry.describe(),
             }
@@ -62,22 +70,40 @@ class NativeApi:
         ]})
 
     async def health(self, request: Request) -> Response:
+        """The server's health; with ``?model=NAME``, that model's too: 503 ``loading``
+        while it loads."""
+        pool = self.state.pool
         # a model whose scheduler thread died serves nothing until it is reloaded
-        failed = [name for name, model in self.state.pool.loaded.items()
+        failed = [name for name, model in pool.loaded.items()
                   if model.scheduler is not None and not model.scheduler.alive]
-        return Response.json({
+        body: dict[str, Any] = {
             "status": "unhealthy" if failed else "healthy",
-            "models_loaded": len(self.state.pool.loaded),
+            "models_loaded": len(pool.loaded),
             "memory_usage": format_bytes(process_rss_bytes()),
             "models_available": len(self.state.registry.entries()),
+            "loading": pool.loading,
             **({"failed_models": failed} if failed else {}),
-        }, 503 if failed else 200)
+        }
+        names = parse_qs(request.query).get("model")
+        if not names:
+            return Response.json(body, 503 if failed else 200)
+        name = self.state.registry.resolve(names[-1]).name
+        state = pool.state(name).state
+        body.update(model=name, state=state)
+        if state == "loading":
+            body["status"] = "loading"
+        elif name not in failed:
+            body["status"] = "healthy"
+        return Response.json(body, 200 if body["status"] == "healthy" else 503)
 
     async def websocket(self, socket: WebSocket) -> None:
         """One JSON request per message; answers stream back on the same connection."""
         while (message := await socket.receive_text()) is not None:
             try:
                 params = generate_params(_parse_json(message))
+                if params.prompt is None:
+                    await socket.send_text(_dumps(await self._load_or_unload(params)))
+                    continue
                 _, generation = await self._start(params)
                 async for piece in generation:
                     await socket.send_text(_dumps({"token": piece}))
@@ -91,8 +117,20 @@ class NativeApi:
             except GenerationError as exc:
                 await socket.send_text(_dumps(generation_failed(str(exc)).body()))
 
+    async def _load_or_unload(self, params: GenerateParams) -> dict[str, Any]:
+        """Ollama's generate without a prompt: load the model, or unload it (keep_alive 0)."""
+        pool = self.state.pool
+        name = self.state.registry.resolve(params.model).name
+        if params.keep_alive == 0:
+            await pool.unload(name)
+            reason = "unload"
+        else:
+            await pool.get(name, params.keep_alive)
+            reason = "load"
+        return {"model": name, "done": True, "done_reason": reason, **_state(pool.state(name))}
+
     async def _start(self, params: GenerateParams) -> tuple[LoadedModel, Generation]:
-        model = await self.state.pool.get(params.model)
+        model = await self.state.pool.get(params.model, params.keep_alive)
         check_capacity(model)
         generation = model.generate(params.prompt, params.max_tokens, params.sampling,
                                     params.stop, params.ignore_eos)
@@ -121,6 +159,17 @@ async def _sse_stream(generation: Generation) -> AsyncIterator[bytes]:
         log.exception("stream failed")
         yield sse_data(server_error(str(exc)).body())
     yield SSE_DONE
+
+
+def _state(state: ModelState) -> dict[str, Any]:
+    """``state``, and for a loaded model ``expires_at`` (None: it stays until shutdown)."""
+    if state.state != "loaded":
+        return {"state": state.state}
+    return {"state": state.state, "expires_at": _iso(state.expires_at)}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def _slots(model: LoadedModel | None) -> dict:

@@ -13,7 +13,9 @@ Field names follow Ollama's docs/api.md. Where shimmy differs:
   lists the digest of its manifest instead. For Ollama-store models the blob's file name
   already carries it, so only other models are hashed, once, off the event loop.
 * ``/api/ps`` ``size`` is the size of the weights as loaded (``llama_model_size``); the
-  KV cache and compute buffers are not counted. ``size_vram`` is 0.
+  KV cache and compute buffers are not counted. ``size_vram`` is 0. ``expires_at`` is when
+  the model's keep-alive runs out (from now while it is in use), or ~292 years from now
+  for a model kept until shutdown, as Ollama shows ``keep_alive: -1``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from shimmy.models.registry import ModelRegistry
 DEFAULT_TAG = ":latest"
 OLLAMA_BLOB = re.compile(r"^sha256-([0-9a-f]{64})$")
 # Ollama's keep_alive -1 is Go's largest duration (~292 years) from now; clients
-# such as ``ollama ps`` show that as "Forever". shimmy keeps models until it exits.
+# such as ``ollama ps`` show that as "Forever".
 NEVER_EXPIRES = timedelta(microseconds=(2**63 - 1) // 1000)
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -99,22 +101,31 @@ class OllamaApi:
         })
 
     async def ps(self, request: Request) -> Response:
-        expires_at = (datetime.now(UTC).astimezone() + NEVER_EXPIRES).isoformat()
+        pool = self.state.pool
+        # read before the first await: a model may be unloaded while digests are computed
+        snapshot = [(self.state.registry.resolve(name), model.model.size_bytes, model.n_ctx,
+                     pool.state(name).expires_at) for name, model in pool.loaded.items()]
         running = []
-        for name, model in self.state.pool.loaded.items():
-            entry = self.state.registry.resolve(name)
+        for entry, size, n_ctx, expires_at in snapshot:
             running.append({
                 **_identity(entry, await self.digests.get(entry)),
-                "size": model.model.size_bytes,
+                "size": size,
                 "details": details(entry),
-                "expires_at": expires_at,
+                "expires_at": expires(expires_at),
                 "size_vram": 0,
-                "context_length": model.n_ctx,
+                "context_length": n_ctx,
             })
         return Response.json({"models": running})
 
     async def version(self, request: Request) -> Response:
         return Response.json({"version": shimmy.__version__})
+
+
+def expires(moment: datetime | None) -> str:
+    """When a loaded model expires; one kept until shutdown shows as Ollama's keep_alive -1."""
+    if moment is None:
+        moment = datetime.now(UTC).astimezone() + NEVER_EXPIRES
+    return moment.isoformat()
 
 
 class DigestCache:

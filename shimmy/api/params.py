@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from shimmy.engine.pool import parse_keep_alive
 from shimmy.engine.scheduler import Sampling
 from shimmy.errors import invalid_request
 
@@ -16,12 +17,13 @@ MAX_STOP_STRINGS = 16
 @dataclass(slots=True)
 class GenerateParams:
     model: str
-    prompt: str
+    prompt: str | None  # None: only load or unload the model, as ``keep_alive`` says
     max_tokens: int
     stream: bool
     stop: list[str]
     sampling: Sampling
     ignore_eos: bool
+    keep_alive: float | None = None  # seconds; None: the server's --keep-alive
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -116,6 +118,21 @@ def logit_bias(body: dict[str, Any], n_vocab: int | None = None) -> dict[int, fl
     return biases
 
 
+def keep_alive(body: dict[str, Any]) -> float | None:
+    """Ollama's ``keep_alive``: seconds, or a duration such as "5m"; negative is forever
+    (``math.inf``), 0 unloads the model after this request. None when not given."""
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise invalid_request("'keep_alive' must be a duration such as \"5m\" or a number of "
+                              f"seconds, not {_kind(value)}", param="keep_alive")
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise invalid_request(f"'keep_alive': {exc}", param="keep_alive") from None
+
+
 def sampling(body: dict[str, Any], temperature: float = 0.7, top_p: float = 0.95) -> Sampling:
     """The sampling fields shared by every generation route (defaults differ by family)."""
     return Sampling(
@@ -135,6 +152,9 @@ def sampling(body: dict[str, Any], temperature: float = 0.7, top_p: float = 0.95
 def generate_params(body: Any) -> GenerateParams:
     """Fields of ``POST /api/generate`` and the WebSocket request."""
     body = require_object(body)
+    keep = keep_alive(body)
+    if body.get("prompt") is None and keep is not None:
+        return load_or_unload_params(body, keep)
     if "prompt" not in body:
         raise invalid_request("'prompt' is required", param="prompt")
     return GenerateParams(
@@ -145,7 +165,15 @@ def generate_params(body: Any) -> GenerateParams:
         stop=stop_strings(body),
         sampling=sampling(body),
         ignore_eos=boolean(body, "ignore_eos", False),
+        keep_alive=keep,
     )
+
+
+def load_or_unload_params(body: dict[str, Any], keep: float) -> GenerateParams:
+    """Ollama's way to load a model (or, with ``keep_alive`` 0, unload it): no prompt."""
+    return GenerateParams(model=string(body, "model", "default") or "default", prompt=None,
+                          max_tokens=0, stream=False, stop=[], sampling=Sampling(),
+                          ignore_eos=False, keep_alive=keep)
 
 
 def _kind(value: Any) -> str:

@@ -44,7 +44,8 @@ class ChatCompletions:
                                     lambda: _complete(job))
 
     async def start(self, body: dict[str, Any]) -> ChatJob:
-        model = await self.state.pool.get(params.string(body, "model", "default"))
+        model = await self.state.pool.get(params.string(body, "model", "default"),
+                                          params.keep_alive(body))
         check_capacity(model)
         if "messages" not in body:
             raise invalid_request("'messages' is required", param="messages")

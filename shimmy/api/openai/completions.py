@@ -66,7 +66,8 @@ class Completions:
         return Response.json(await _complete(job))
 
     async def start(self, body: dict[str, Any], stream: bool) -> CompletionJob:
-        model = await self.state.pool.get(params.string(body, "model", "default"))
+        model = await self.state.pool.get(params.string(body, "model", "default"),
+                                          params.keep_alive(body))
         check_capacity(model)
         common.require_n_one(body)
         include_usage = common.stream_options(body, stream)

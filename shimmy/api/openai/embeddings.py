@@ -22,13 +22,15 @@ class Embeddings:
 
     async def handle(self, request: Request) -> Response:
         body = params.require_object(request.json())
-        model = await self.state.pool.get(params.string(body, "model", "default"))
+        pool = self.state.pool
+        model = await pool.get(params.string(body, "model", "default"), params.keep_alive(body))
         encoding = params.string(body, "encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise invalid_request("'encoding_format' must be 'float' or 'base64'",
                                   param="encoding_format")
         inputs = [_tokens(model, item) for item in _inputs(body)]
-        vectors = [await asyncio.to_thread(model.embed, tokens) for tokens in inputs]
+        with pool.hold(model):  # not unloaded between or during the embeddings
+            vectors = [await asyncio.to_thread(model.embed, tokens) for tokens in inputs]
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != len(vectors[0]):
             raise invalid_request(f"'dimensions' must be {len(vectors[0])} for this model",
