@@ -179,12 +179,15 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", type=int, metavar="N",
                         help="requests decoded together (default 4)")
     parser.add_argument("--ctx", type=int, metavar="N",
-                        help="context tokens shared by the slots (default 8192, capped at the "
+                        help="context tokens of each slot (default 8192, capped at the "
                              "model's trained context)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads (default: one per physical core)")
     parser.add_argument("--gpu-layers", type=int, metavar="N",
                         help="layers to offload to a GPU (default 0)")
+    parser.add_argument("--kv-cache-type", metavar="TYPE",
+                        help="KV cache element type: bf16 (default), f16 or q8_0 (half the "
+                             "memory)")
 
 
 def _run_serve(config: Config, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shimmy.engine.loaded import EngineSettings
+from shimmy.engine.loaded import KV_CACHE_TYPES, EngineSettings
 from shimmy.engine.pool import DEFAULT_KEEP_ALIVE, DEFAULT_MAX_MODELS, PoolLimits, parse_keep_alive
 from shimmy.models.discovery import DiscoveryReport, discover
 from shimmy.sysinfo import physical_cores, total_memory_bytes
@@ -38,6 +38,7 @@ class Config:
     ctx: int = 8192
     threads: int = 0  # 0: one per physical core
     gpu_layers: int = 0
+    kv_cache_type: str = "bf16"
     verbose: bool = False
     # serving: who may connect, how much may wait, how long things may take
     api_key: str | None = None
@@ -64,7 +65,7 @@ class Config:
             config.model_path = Path(model_path).expanduser()
         for dirs in getattr(args, "model_dirs", None) or ():
             config.model_dirs.extend(Path(d).expanduser() for d in dirs.split(";") if d)
-        for name in ("parallel", "ctx", "threads", "gpu_layers"):
+        for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
         config._serving_args(args)
@@ -110,6 +111,9 @@ class Config:
             raise ConfigError(f"--ctx {self.ctx}: a context needs at least 64 tokens")
         if self.threads < 0:
             raise ConfigError(f"--threads {self.threads}: must be 0 (automatic) or more")
+        if self.kv_cache_type not in KV_CACHE_TYPES:
+            raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
+                              + ", ".join(KV_CACHE_TYPES))
         self._check_serving()
 
     def _check_serving(self) -> None:
@@ -136,7 +140,7 @@ class Config:
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
-                              gpu_layers=self.gpu_layers)
+                              gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type)
 
     def pool_limits(self) -> PoolLimits:
         budget = self.memory_budget

@@ -46,6 +46,11 @@ cdef extern from "llama.h" nogil:
         LLAMA_FLASH_ATTN_TYPE_DISABLED
         LLAMA_FLASH_ATTN_TYPE_ENABLED
 
+    cdef enum ggml_type:
+        GGML_TYPE_F16
+        GGML_TYPE_Q8_0
+        GGML_TYPE_BF16
+
     cdef enum llama_pooling_type:
         LLAMA_POOLING_TYPE_UNSPECIFIED
         LLAMA_POOLING_TYPE_NONE
@@ -79,6 +84,8 @@ cdef extern from "llama.h" nogil:
         cbool no_perf
         cbool swa_full
         cbool kv_unified
+        ggml_type type_k
+        ggml_type type_v
 
     ctypedef struct llama_sampler_chain_params:
         cbool no_perf
@@ -600,12 +607,33 @@ cdef struct Slot:
     cbool ignore_eos
 
 
+cdef void _set_kv_type(llama_context_params * params, str kv_type) except *:
+    """The KV cache's element type, and the attention that keeps results batch-invariant
+    with it.
+
+    llama.cpp's CPU flash attention splits one sequence's cells across threads, or tiles
+    them, only for f16/f32 caches, and only for some batch shapes (one row of one stream
+    over 512+ cells): with f16 it would round differently alone than beside others. For
+    bf16 and q8_0 it always runs the same per-row loop, so those caches get flash
+    attention (faster decoding, less graph per token); f16 gets the plain attention.
+    """
+    if kv_type == "f16":
+        params.type_k = params.type_v = GGML_TYPE_F16
+        params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
+    elif kv_type in ("bf16", "q8_0"):
+        params.type_k = params.type_v = GGML_TYPE_BF16 if kv_type == "bf16" else GGML_TYPE_Q8_0
+        params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED
+    else:
+        raise ValueError(f"KV cache type {kv_type!r}: choose bf16, f16 or q8_0")
+
+
 cdef class BatchEngine:
     """A llama.cpp context with ``n_slots`` sequences, each able to hold ``n_ctx`` tokens.
 
-    Every slot has a KV stream of its own (not one unified buffer) and attention runs
-    without flash attention: a sequence's cells then sit at the same places, and its
-    sums run in the same order, whatever the other slots hold. Together with
+    Every slot has a KV stream of its own (not one unified buffer), and attention is
+    chosen by ``kv_type`` to run per row (see ``_set_kv_type``): a sequence's cells then
+    sit at the same places, and its sums run in the same order, whatever the other
+    slots hold. Together with
     ``step()``'s prompt chunks, cut at fixed positions, this makes generation batch-
     invariant. Sliding-window layers keep full-size caches too: a window cache is a
     ring whose cell order depends on history, and its cells would be gone when a later
@@ -625,7 +653,8 @@ cdef class BatchEngine:
     cdef int n_swa
     cdef vector[llama_token_data] candidates  # scratch for grammar-checked sampling
 
-    def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64):
+    def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
+                  str kv_type="bf16"):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots
@@ -633,7 +662,7 @@ cdef class BatchEngine:
         params.n_ubatch = params.n_batch
         params.n_seq_max = n_slots
         params.kv_unified = False
-        params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
+        _set_kv_type(&params, kv_type)
         params.swa_full = True
         self.model = model
         self.ctx = _open_context(model, params, n_threads, "a context")

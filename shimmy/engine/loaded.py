@@ -21,6 +21,10 @@ _TEMPLATE_MARKERS = ("<|eot_id|>", "<|start_header_id|>", "<|im_start|>", "<star
 log = logging.getLogger("shimmy.engine")
 
 
+# the KV cache element types a context can hold, and their bytes per value
+KV_CACHE_TYPES = {"bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32}
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     ctx: int = 8192
@@ -29,6 +33,7 @@ class EngineSettings:
     gpu_layers: int = 0
     batch: int = 64  # prompt chunk; also the unit in which cached prefixes are reused
     use_mmap: bool = True
+    kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
 
 
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
@@ -63,7 +68,8 @@ class LoadedModel:
             self.embedder = sampler.Embedder(self.model, n_ctx, settings.threads)
         else:
             self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
-                                              settings.threads, min(settings.batch, n_ctx))
+                                              settings.threads, min(settings.batch, n_ctx),
+                                              settings.kv_type)
             self.engine.warm_up()
             self.scheduler = Scheduler(self.engine, name)
         self._embed_lock = threading.Lock()

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from shimmy.engine.loaded import EngineSettings, LoadedModel, is_embedding_model
+from shimmy.engine.loaded import KV_CACHE_TYPES, EngineSettings, LoadedModel, is_embedding_model
 from shimmy.errors import ApiError
 from shimmy.http.router import RouteError
 from shimmy.models.discovery import ModelEntry
@@ -38,7 +38,6 @@ DEFAULT_MAX_MODELS = 3
 # Go's longest duration (what Ollama's keep_alive -1 becomes): anything longer is forever
 MAX_KEEP_ALIVE = (2**63 - 1) / 1e9
 IN_USE_POLL_SECONDS = 0.1  # how soon a model that goes idle is noticed
-KV_BYTES_PER_VALUE = 2  # the KV cache holds f16 keys and values
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
@@ -116,7 +115,7 @@ def kv_cache_bytes(info: GGUFInfo, settings: EngineSettings) -> int:
     per_token = sum(_number(n) for n in per_layer) * (key_length + value_length)
     ctx = min(settings.ctx, info.context_length) if info.context_length else settings.ctx
     sequences = 1 if is_embedding_model(info) else settings.parallel
-    return per_token * ctx * sequences * KV_BYTES_PER_VALUE
+    return int(per_token * ctx * sequences * KV_CACHE_TYPES[settings.kv_type])
 
 
 def _number(value: object) -> int:

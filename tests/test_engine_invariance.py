@@ -1,0 +1,83 @@
+"""A seed gives bit-identical results alone and beside other requests, at long context too.
+
+Texts can agree while the arithmetic behind them drifts, so these tests compare the
+log-probability of every generated token, which differ at the first changed rounding.
+The prompts are long enough that the attention spans more than 512 cached cells, where
+llama.cpp's CPU kernels have most ways to split the work differently by batch shape.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+WORDS = ["river", "mountain", "ocean", "forest", "desert", "city", "village", "garden",
+         "bridge", "tower", "castle", "harbor", "valley", "island", "meadow", "canyon"]
+MAX_TOKENS = 16
+Trace = list[tuple[int, float]]
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> Any:
+    from shimmy.engine import native
+
+    return native.load().Model(str(model_path), 0, True, [])
+
+
+@pytest.fixture(scope="module", params=["bf16", "f16", "q8_0"])
+def engine(request: pytest.FixtureRequest, model: Any) -> Any:
+    """Each KV cache type: each comes with its own attention kernels."""
+    from shimmy.engine import native
+
+    eng = native.load().BatchEngine(model, 1024, 3, 2, 64, request.param)
+    eng.warm_up()
+    return model, eng
+
+
+def prompt(model: Any, seed: int, n_words: int) -> list[int]:
+    rng = random.Random(seed)
+    return model.tokenize(" ".join(rng.choice(WORDS) for _ in range(n_words)), True, False)
+
+
+def run(eng: Any, starts: dict[int, tuple[list[int], int]]) -> dict[int, Trace]:
+    """Start each slot at its step (``{slot: (prompt, step)}``), seeded by its prompt;
+    each slot's ``(token, logprob)`` trace once all have finished."""
+    traces: dict[int, Trace] = {slot: [] for slot in starts}
+    finished: set[int] = set()
+    for step in range(2000):
+        for slot, (tokens, at) in starts.items():
+            if at == step:
+                eng.start(slot, tokens, dict(SAMPLING, seed=len(tokens)), [], MAX_TOKENS,
+                          True, 0)
+        for slot, _text, finish, _n, logprobs, _stop in eng.step():
+            traces[slot].extend((entry[0], entry[2]) for entry in logprobs or ())
+            if finish is not None:
+                finished.add(slot)
+        if len(finished) == len(starts):
+            return traces
+    raise AssertionError("generation did not finish")
+
+
+def test_long_prompt_alone_equals_staggered_company(engine: Any) -> None:
+    model, eng = engine
+    long_prompt = prompt(model, 1, 530)
+    assert len(long_prompt) > 512
+    alone = run(eng, {1: (long_prompt, 0)})[1]
+    assert len(alone) == MAX_TOKENS
+    # cold again in another slot, with company joining while it reads and while it decodes
+    together = run(eng, {2: (long_prompt, 0), 0: (prompt(model, 2, 40), 3),
+                         1: (prompt(model, 3, 100), 8)})
+    assert together[2] == alone
+
+
+def test_company_that_leaves_midway_changes_nothing(engine: Any) -> None:
+    model, eng = engine
+    long_prompt = prompt(model, 4, 530)
+    alone = run(eng, {0: (long_prompt, 0)})[0]
+    # a short request decodes beside it for a few steps, then the long one goes on alone
+    together = run(eng, {1: (long_prompt, 0), 2: (prompt(model, 5, 8), 2)})
+    assert together[1] == alone
