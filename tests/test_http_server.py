@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -34,7 +35,7 @@ from wsproto.frame_protocol import FrameProtocol
 from shimmy.errors import ApiError
 from shimmy.http.router import Router
 from shimmy.http.server import Server
-from shimmy.http.sse import SSE_DONE, SSE_PING, sse_data
+from shimmy.http.sse import SSE_DONE, SSE_PING, TEXT_SLOT, TextEvents, sse_data
 from shimmy.http.types import Request, Response, StreamResponse, WebSocket
 
 MAX_BODY = 1024
@@ -120,6 +121,19 @@ async def flood(request: Request) -> StreamResponse:
     return StreamResponse(chunks(), content_type="application/octet-stream")
 
 
+TRICKLE_CHUNKS = 5000  # of 2 kB: more than the kernel buffers of both ends
+
+
+async def trickle(request: Request) -> StreamResponse:
+    """Small chunks, one per loop turn: faster than a client that is not reading."""
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(TRICKLE_CHUNKS):
+            await asyncio.sleep(0)
+            yield b"%05d:" % index + b"x" * 2000
+
+    return StreamResponse(chunks(), content_type="application/octet-stream")
+
+
 async def failing_stream(request: Request) -> StreamResponse:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"first"
@@ -165,6 +179,7 @@ def build_router() -> Router:
     router.add("GET", "/stream", gated_stream)
     router.add("GET", "/endless", endless_stream)
     router.add("GET", "/flood", flood)
+    router.add("GET", "/trickle", trickle)
     router.add("GET", "/failing-stream", failing_stream)
     router.add_websocket("/ws/echo", ws_echo)
     router.add_websocket("/ws/busy", ws_busy)
@@ -471,6 +486,26 @@ def test_write_backpressure_holds_the_generator(port: int) -> None:
     assert counters["flood-1"] < 500
 
 
+def test_chunks_gather_while_the_client_is_not_reading(port: int) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting, to hold
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request_bytes("GET", "/trickle"))
+    time.sleep(0.5)  # not reading: the transport pauses and the chunks gather
+    reader = sock.makefile("rb")
+    read_head(reader)
+    frames = []
+    while chunk := read_chunk(reader):
+        frames.append(chunk)
+    sock.close()
+    body = b"".join(frames)
+    assert body == b"".join(b"%05d:" % i + b"x" * 2000 for i in range(TRICKLE_CHUNKS))
+    largest = max(len(frame) for frame in frames)
+    # what gathered while the client was not reading left as one write, up to the cap
+    assert 10 * 2006 < largest <= 64 * 1024 + 2006
+
+
 def test_failing_stream_ends_the_connection(port: int) -> None:
     with connect(port) as sock:
         sock.sendall(request_bytes("GET", "/failing-stream"))
@@ -652,3 +687,11 @@ def test_websocket_upgrade_to_unknown_path_is_404(port: int) -> None:
         status, _, body = read_response(sock.makefile("rb"))
     assert status == 404
     assert_error(body, "not_found")
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'quote " and \\ backslash', "line\nbreak\t",
+                                  "中文 😀", "\x00text\x00", "</script>"])
+def test_text_events_encode_like_a_whole_event(text: str) -> None:
+    template = {"id": "x", "choices": [{"delta": {"content": TEXT_SLOT}, "index": 0}]}
+    whole = sse_data({"id": "x", "choices": [{"delta": {"content": text}, "index": 0}]})
+    assert TextEvents(template).event(text) == whole

@@ -17,7 +17,7 @@ from shimmy.engine.pool import ModelState
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import ApiError, generation_failed, server_error
 from shimmy.http.router import Router
-from shimmy.http.sse import SSE_DONE, sse_data
+from shimmy.http.sse import SSE_DONE, TEXT_SLOT, TextEvents, sse_data
 from shimmy.http.types import Request, Response, StreamResponse, WebSocket, parse_json
 from shimmy.logs import attach
 from shimmy.security import check_capacity
@@ -146,9 +146,10 @@ async def _collect(generation: Generation) -> str:
 
 
 async def _sse_stream(generation: Generation) -> AsyncIterator[bytes]:
+    pieces = TextEvents({"choices": [{"text": TEXT_SLOT, "index": 0}]})
     try:
         async for piece in generation:
-            yield sse_data({"choices": [{"text": piece, "index": 0}]})
+            yield pieces.event(piece)
         yield sse_data({
             "choices": [{"text": "", "index": 0, "finish_reason": generation.finish_reason}],
             "usage": _usage(generation),

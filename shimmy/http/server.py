@@ -33,6 +33,7 @@ logger = logging.getLogger("shimmy.http")
 
 KIB = 1024
 MIB = 1024 * KIB
+COALESCE_BYTES = 64 * 1024  # what a stream may gather while its client is not reading
 LINGER_SECONDS = 1.0  # after an error response, how long to drain the client's unread bytes
 SHUTDOWN_GRACE_SECONDS = 5.0  # how long shutdown waits for cancelled handlers to unwind
 DRAIN_POLL_SECONDS = 0.05
@@ -460,10 +461,7 @@ class HttpProtocol(asyncio.Protocol):
             # No Content-Length: h11 picks chunked encoding (close-delimited for HTTP/1.0).
             self._write(self._send(_response_head(response.status, headers)))
             if not head_only:
-                async for chunk in chunks:
-                    if chunk:
-                        await self._flow.drain()
-                        self._write(self._send(h11.Data(data=chunk)))
+                await self._write_chunks(chunks)
             self._write(self._send(h11.EndOfMessage()))
             return True
         except Exception:
@@ -471,6 +469,26 @@ class HttpProtocol(asyncio.Protocol):
             return False
         finally:
             await _aclose(chunks)
+
+    async def _write_chunks(self, chunks: AsyncIterator[bytes]) -> None:
+        """Each chunk as it comes; while the client reads slower than they come (the
+        transport has paused writing), they gather and leave as one write once it can
+        take more, instead of one write and one chunk header each."""
+        held: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            if chunk:
+                held.append(chunk)
+                size += len(chunk)
+            if not held or (self._flow.paused and size < COALESCE_BYTES):
+                continue
+            await self._flow.drain()  # past the cap, the stream waits for the client
+            self._write(self._send(h11.Data(data=b"".join(held))))
+            held.clear()
+            size = 0
+        if held:
+            await self._flow.drain()
+            self._write(self._send(h11.Data(data=b"".join(held))))
 
     def _finish_cycle(self) -> None:
         """After a response: close, or get ready for (or start on) the next request."""

@@ -15,7 +15,7 @@ from shimmy.api.state import AppState
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import generation_failed, invalid_request
-from shimmy.http.sse import SSE_DONE
+from shimmy.http.sse import SSE_DONE, TEXT_SLOT, TextEvents, sse_data
 from shimmy.http.types import Request, Response, StreamResponse
 from shimmy.logs import attach
 from shimmy.models.chat_template import ChatTemplateError, normalize_messages
@@ -179,16 +179,22 @@ class _Chunks:
                      "model": job.model.name, "system_fingerprint": common.SYSTEM_FINGERPRINT}
         if job.include_usage:
             self.base["usage"] = None
+        self._content = TextEvents({**self.base, "choices": [
+            {"index": 0, "delta": {"content": TEXT_SLOT}, "logprobs": None,
+             "finish_reason": None}]})
+
+    def content(self, text: str) -> bytes:
+        return self._content.event(text)
 
     def delta(self, delta: dict[str, Any], finish: str | None = None,
               logprobs: list | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         if logprobs is not None:
             choice["logprobs"] = {"content": common.chat_logprobs(logprobs)}
-        return common.sse({**self.base, "choices": [choice]})
+        return sse_data({**self.base, "choices": [choice]})
 
     def usage(self) -> bytes:
-        return common.sse({**self.base, "choices": [], "usage": common.usage(self.job.generation)})
+        return sse_data({**self.base, "choices": [], "usage": common.usage(self.job.generation)})
 
 
 async def _stream(job: ChatJob) -> AsyncIterator[bytes]:
@@ -205,9 +211,10 @@ async def _stream(job: ChatJob) -> AsyncIterator[bytes]:
                     text, held = "".join(held), []
                 else:
                     continue
-            if text or entries:
-                yield chunks.delta({"content": text} if text else {},
-                                   logprobs=entries if job.logprobs else None)
+            if job.logprobs and (text or entries):
+                yield chunks.delta({"content": text} if text else {}, logprobs=entries)
+            elif text:
+                yield chunks.content(text)
         text = "".join(held)
         calls = _calls(job, text)
         if calls:
@@ -223,5 +230,5 @@ async def _stream(job: ChatJob) -> AsyncIterator[bytes]:
         if job.include_usage:
             yield chunks.usage()
     except GenerationError as exc:
-        yield common.sse(openai_error_body(generation_failed(str(exc))))
+        yield sse_data(openai_error_body(generation_failed(str(exc))))
     yield SSE_DONE

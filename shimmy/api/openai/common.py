@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -97,10 +96,6 @@ def _text(piece: bytes) -> str:
     return piece.decode("utf-8", "replace")
 
 
-def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
 async def respond(generation: Generation, stream: bool,
                   chunks: Callable[[], AsyncIterator[bytes]],
                   body: Callable[[], Awaitable[dict[str, Any]]]) -> Response | StreamResponse:
@@ -118,17 +113,21 @@ async def with_pings(chunks: AsyncIterator[bytes], generation: Generation,
     iterator = chunks.__aiter__()
     pending = asyncio.ensure_future(iterator.__anext__())
     try:
-        while True:
-            if generation.first_piece_at is None:
-                done, _ = await asyncio.wait({pending}, timeout=interval)
-                if not done:
-                    yield SSE_PING
-                    continue
+        while generation.first_piece_at is None:
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield SSE_PING
+                continue
             try:
-                chunk = await pending
+                yield pending.result()
             except StopAsyncIteration:
                 return
-            yield chunk
             pending = asyncio.ensure_future(iterator.__anext__())
+        try:
+            yield await pending
+        except StopAsyncIteration:
+            return
+        async for chunk in iterator:  # no more pings: no task per chunk either
+            yield chunk
     finally:
         pending.cancel()

@@ -15,7 +15,7 @@ from shimmy.api.streams import CancellingStream
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
 from shimmy.errors import generation_failed, invalid_request
-from shimmy.http.sse import SSE_DONE
+from shimmy.http.sse import SSE_DONE, TEXT_SLOT, TextEvents, sse_data
 from shimmy.http.types import Request, Response, StreamResponse
 from shimmy.logs import attach
 from shimmy.security import check_capacity
@@ -169,13 +169,18 @@ async def _collect(job: CompletionJob, choice: Choice) -> dict[str, Any]:
 
 def _chunk(job: CompletionJob, choice: Choice, text: str, finish: str | None,
            logprobs: dict | None) -> bytes:
+    return sse_data(_chunk_object(job, choice, text, finish, logprobs))
+
+
+def _chunk_object(job: CompletionJob, choice: Choice, text: str, finish: str | None,
+                  logprobs: dict | None) -> dict[str, Any]:
     obj = {"id": job.id, "object": "text_completion", "created": job.created,
            "model": job.model.name, "system_fingerprint": common.SYSTEM_FINGERPRINT,
            "choices": [{"text": text, "index": choice.index, "logprobs": logprobs,
                         "finish_reason": finish}]}
     if job.include_usage:
         obj["usage"] = None
-    return common.sse(obj)
+    return obj
 
 
 async def _stream(job: CompletionJob) -> AsyncIterator[bytes]:
@@ -185,12 +190,12 @@ async def _stream(job: CompletionJob) -> AsyncIterator[bytes]:
         for _ in pumps:
             while (item := await queue.get()) is not None:
                 if isinstance(item, GenerationError):
-                    yield common.sse(openai_error_body(generation_failed(str(item))))
+                    yield sse_data(openai_error_body(generation_failed(str(item))))
                     yield SSE_DONE
                     return
                 yield item
         if job.include_usage:
-            yield common.sse({"id": job.id, "object": "text_completion", "created": job.created,
+            yield sse_data({"id": job.id, "object": "text_completion", "created": job.created,
                               "model": job.model.name, "choices": [], "usage": job.usage()})
         yield SSE_DONE
     finally:
@@ -202,12 +207,16 @@ async def _pump(job: CompletionJob, choice: Choice,
                 queue: asyncio.Queue[bytes | BaseException | None]) -> None:
     """One choice's chunks into the shared queue; ``None`` when it is done."""
     offset = 0
+    texts = TextEvents(_chunk_object(job, choice, TEXT_SLOT, None, None))
     try:
         if job.echo:
-            queue.put_nowait(_chunk(job, choice, choice.prompt_text, None, None))
+            queue.put_nowait(texts.event(choice.prompt_text))
             offset = len(choice.prompt_text)
         async for text, entries in choice.generation.pieces():
-            logprobs = _legacy_logprobs(entries or [], offset) if job.logprobs >= 0 else None
+            if job.logprobs < 0:
+                queue.put_nowait(texts.event(text))
+                continue
+            logprobs = _legacy_logprobs(entries or [], offset)
             offset += len(text)
             queue.put_nowait(_chunk(job, choice, text, None, logprobs))
         queue.put_nowait(_chunk(job, choice, "", choice.generation.finish_reason, None))
