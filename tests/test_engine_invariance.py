@@ -81,3 +81,21 @@ def test_company_that_leaves_midway_changes_nothing(engine: Any) -> None:
     # a short request decodes beside it for a few steps, then the long one goes on alone
     together = run(eng, {1: (long_prompt, 0), 2: (prompt(model, 5, 8), 2)})
     assert together[1] == alone
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_top_k_shortcut_picks_what_the_whole_chain_picks(engine: Any, temperature: float) -> None:
+    """Without bias or penalties only the top-k logits reach the chain; a zero logit bias
+    changes no logit but sends the whole vocabulary through it."""
+    model, eng = engine
+    tokens = prompt(model, 6, 20)
+    traces = []
+    for bias in ({}, {5: 0.0}):
+        sampling = dict(SAMPLING, temperature=temperature, seed=11, logit_bias=bias)
+        eng.start(0, tokens, sampling, [], 48, True, 0)
+        trace: Trace = []
+        while not trace or len(trace) < 48:
+            for _slot, _text, _finish, _n, logprobs, _stop in eng.step():
+                trace.extend((entry[0], entry[2]) for entry in logprobs or ())
+        traces.append(trace)
+    assert traces[0] == traces[1]
