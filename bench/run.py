@@ -4,9 +4,10 @@
     .venv/bin/python bench/run.py      # measures, prints, writes docs/BENCHMARKS.md
 
 Every server gets the same model (the embedded default), threads, per-slot context and
-slots, and runs alone on the machine, one after the other on the same port range. The
-client is this process (standard library only). Figures are medians over repeats; the
-ratios shimmy/peer from one run are what counts, since the machine's speed drifts.
+slots, and runs alone on the machine, on the same port range; the servers take turns
+figure by figure, each started afresh for its turn. The client is this process (standard
+library only). Figures are medians over repeats and starts; the ratios shimmy/peer from
+one run are what counts, since the machine's speed drifts.
 """
 
 from __future__ import annotations
@@ -166,34 +167,64 @@ def words(rng: random.Random, n: int) -> str:
 
 # ---------------------------------------------------------------- measurements
 
-def measure(server: Server, args: argparse.Namespace, rng: random.Random) -> Figures:
-    figures = Figures()
-    figures["start_to_ready_s"], figures["rss_idle_mb"] = start(server)
+def measure_all(chosen: list[Server], args: argparse.Namespace,
+                rng: random.Random) -> dict[str, Figures]:
+    """Every figure of every server, one server running at a time.
+
+    The machine's speed drifts over minutes, so the servers take turns figure by figure
+    (each started afresh for its turn) rather than one after the other for the whole
+    run: a ratio then compares measurements made a minute apart, not ten.
+    """
+    samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in chosen}
+
+    def take_turns(what: Callable[[Server], dict[str, float]]) -> None:
+        for server in chosen:
+            print(f"  {server.name}", flush=True)
+            for key, value in session(server, what).items():
+                samples[server.name].setdefault(key, []).append(value)
+
+    for _ in range(args.repeats):
+        take_turns(lambda server: single_stream(server, rng, args.tokens))
+    for clients in args.clients:
+        take_turns(lambda server, n=clients: under_load(server, n, args, rng))
+    take_turns(lambda server: multi_turn(server, rng))
+    results = {}
+    for name, values in samples.items():
+        figures = Figures()
+        for key, series in values.items():
+            figures[key] = (max if key == "rss_load_mb" else statistics.median)(series)
+        results[name] = figures
+    return results
+
+
+def session(server: Server, what: Callable[[Server], dict[str, float]]) -> dict[str, float]:
+    """Start ``server``, load its model, measure ``what``, stop it; with the start-up
+    figures of this start."""
+    ready, rss_idle = start(server)
     try:
         t0 = time.perf_counter()
         complete(server, "Hello", 1)  # loads the model where loading is lazy
-        figures["first_answer_s"] = figures.get("start_to_ready_s") + time.perf_counter() - t0
-        figures["rss_loaded_mb"] = rss_mb(server)
-        decode_rates, short, long = [], [], []
-        for _ in range(args.repeats):
-            arrivals = stream(server, words(rng, 8), args.tokens)
-            decode_rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
-            short.append(stream(server, words(rng, 8), 1)[0])
-            long.append(stream(server, words(rng, 1000), 1)[0])
-        figures["decode_tok_s"] = statistics.median(decode_rates)
-        figures["ttft_short_ms"] = statistics.median(short) * 1000
-        figures["ttft_long_ms"] = statistics.median(long) * 1000
-        for clients in args.clients:
-            rate, p50, p95, peak = concurrent(server, clients, args, rng)
-            figures[f"agg_tok_s_{clients}"] = rate
-            figures[f"p50_s_{clients}"] = p50
-            figures[f"p95_s_{clients}"] = p95
-            figures["rss_load_mb"] = max(figures.get("rss_load_mb") or 0, peak)
-        first, second = multi_turn(server, rng)
-        figures["turn1_ttft_ms"], figures["turn2_ttft_ms"] = first * 1000, second * 1000
+        figures = {"start_to_ready_s": ready, "rss_idle_mb": rss_idle,
+                   "first_answer_s": ready + time.perf_counter() - t0,
+                   "rss_loaded_mb": rss_mb(server)}
+        figures.update(what(server))
+        return figures
     finally:
         stop(server)
-    return figures
+
+
+def single_stream(server: Server, rng: random.Random, tokens: int) -> dict[str, float]:
+    arrivals = stream(server, words(rng, 8), tokens)
+    return {"decode_tok_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]),
+            "ttft_short_ms": stream(server, words(rng, 8), 1)[0] * 1000,
+            "ttft_long_ms": stream(server, words(rng, 1000), 1)[0] * 1000}
+
+
+def under_load(server: Server, clients: int, args: argparse.Namespace,
+               rng: random.Random) -> dict[str, float]:
+    rate, p50, p95, peak = concurrent(server, clients, args, rng)
+    return {f"agg_tok_s_{clients}": rate, f"p50_s_{clients}": p50,
+            f"p95_s_{clients}": p95, "rss_load_mb": peak}
 
 
 def concurrent(server: Server, clients: int, args: argparse.Namespace,
@@ -233,7 +264,7 @@ def concurrent(server: Server, clients: int, args: argparse.Namespace,
     return tokens[0] / wall, statistics.median(latencies), p95, peak[0]
 
 
-def multi_turn(server: Server, rng: random.Random) -> tuple[float, float]:
+def multi_turn(server: Server, rng: random.Random) -> dict[str, float]:
     """Time to first token of a chat's first turn, and of the second (the first turn's
     prompt and answer are its prefix)."""
     turn1 = "A story about " + words(rng, 1000)
@@ -242,7 +273,7 @@ def multi_turn(server: Server, rng: random.Random) -> tuple[float, float]:
                      {"prompt": turn1, "max_tokens": 32, "temperature": 0, **server.extra})
     turn2 = turn1 + answer["choices"][0]["text"] + "\nWhat happened next? " + words(rng, 20)
     second = stream(server, turn2, 1)[0]
-    return first, second
+    return {"turn1_ttft_ms": first * 1000, "turn2_ttft_ms": second * 1000}
 
 
 def llama_bench(args: argparse.Namespace, model: Path) -> Figures:
@@ -349,10 +380,7 @@ def main(argv: list[str]) -> int:
 
     model = embedded_model_path()
     rng = random.Random(7)
-    results: dict[str, Figures] = {}
-    for server in servers(args, model, args.port):
-        print(f"measuring {server.name} ...", flush=True)
-        results[server.name] = measure(server, args, rng)
+    results = measure_all(servers(args, model, args.port), args, rng)
     bench = None if args.no_llama_bench else llama_bench(args, model)
     text = table(results, bench)
     print(text)

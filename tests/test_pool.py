@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tiny_model
 from clients import WsClient, connect, request, request_json
 from conftest import ShimmyProcess, isolated_env, wait_until
 from tiny_model import write_spelling_model
@@ -56,18 +55,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def looper(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("looper")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tiny_model, "CONTEXT_LENGTH", LOOPER_CONTEXT)
-        write_spelling_model(folder / "looper.gguf", "abcd", eos_after=False)
+    write_spelling_model(folder / "looper.gguf", "abcd", eos_after=False,
+                         context_length=LOOPER_CONTEXT)
     return folder
 
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("slow")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tiny_model, "CONTEXT_LENGTH", SLOW_CONTEXT)
-        write_spelling_model(folder / "slow.gguf", "slow")
+    write_spelling_model(folder / "slow.gguf", "slow", context_length=SLOW_CONTEXT)
     return folder
 
 

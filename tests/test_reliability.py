@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tiny_model
 from clients import WsClient, connect, request, request_json
 from conftest import isolated_env, wait_until
 from test_metrics import metric
@@ -80,9 +79,8 @@ class Shimmy:
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("long")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tiny_model, "CONTEXT_LENGTH", LONG_CONTEXT)
-        write_spelling_model(folder / "looper.gguf", "abcd", eos_after=False)
+    write_spelling_model(folder / "looper.gguf", "abcd", eos_after=False,
+                         context_length=LONG_CONTEXT)
     return folder
 
 
@@ -229,9 +227,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     models = tmp_path_factory.mktemp("models")
     for name in ("good", "truncated", "deleted", "replaced", "corrupt"):
         write_spelling_model(models / f"{name}.gguf", "ok!")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tiny_model, "CONTEXT_LENGTH", 1 << 25)
-        write_spelling_model(models / "too-big.gguf", "ok!")
+    write_spelling_model(models / "too-big.gguf", "ok!", context_length=1 << 25)
     server = Shimmy(["--model-dirs", str(models), "--ctx", str(1 << 25), "--parallel", "1",
                      "--memory-budget", "0"], tmp_path_factory.mktemp("home"),
                     memory_limit=8 << 30)

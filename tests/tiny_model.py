@@ -118,9 +118,9 @@ def _output_matrix(follow: dict[int, int], first_token: int) -> np.ndarray:
     return out
 
 
-def _add_hparams(writer: GGUFWriter) -> None:
+def _add_hparams(writer: GGUFWriter, context_length: int) -> None:
     writer.add_name("Tiny Speller")
-    writer.add_context_length(CONTEXT_LENGTH)
+    writer.add_context_length(context_length)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)
     writer.add_feed_forward_length(N_FF)
@@ -176,6 +176,7 @@ def write_spelling_model(
     split_max_tensors: int = 0,
     pooling_type: int | None = None,
     fim_tokens: tuple[int, int, int] | None = None,
+    context_length: int = CONTEXT_LENGTH,
 ) -> Path:
     """Write a GGUF whose greedy output is the UTF-8 bytes of ``text``, then ``</s>``.
 
@@ -188,7 +189,7 @@ def write_spelling_model(
     output = _output_matrix(follow, byte_token(text.encode("utf-8")[0]))
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
-    _add_hparams(writer)
+    _add_hparams(writer, context_length)
     if pooling_type is not None:  # 1 = mean: llama.cpp then serves it as an embedding model
         writer.add_pooling_type(PoolingType(pooling_type))
     _add_tokenizer(writer, chat_template)
