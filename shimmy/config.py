@@ -38,7 +38,7 @@ class Config:
     ctx: int = 8192
     threads: int = 0  # 0: one per physical core
     gpu_layers: int = 0
-    kv_cache_type: str = "bf16"
+    kv_cache_type: str = "f16"
     verbose: bool = False
     # serving: who may connect, how much may wait, how long things may take
     api_key: str | None = None

@@ -28,7 +28,7 @@ def model(model_path: Path) -> Any:
     return native.load().Model(str(model_path), 0, True, [])
 
 
-@pytest.fixture(scope="module", params=["bf16", "f16", "q8_0"])
+@pytest.fixture(scope="module", params=["f16", "bf16", "q8_0"])
 def engine(request: pytest.FixtureRequest, model: Any) -> Any:
     """Each KV cache type: each comes with its own attention kernels."""
     from shimmy.engine import native

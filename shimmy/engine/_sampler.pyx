@@ -664,7 +664,8 @@ cdef void _set_kv_type(llama_context_params * params, str kv_type) except *:
     them, only for f16/f32 caches, and only for some batch shapes (one row of one stream
     over 512+ cells): with f16 it would round differently alone than beside others. For
     bf16 and q8_0 it always runs the same per-row loop, so those caches get flash
-    attention (faster decoding, less graph per token); f16 gets the plain attention.
+    attention (faster decoding, but long prompts read slower: the loop is no matrix
+    product); f16, the default, gets the plain attention.
     """
     if kv_type == "f16":
         params.type_k = params.type_v = GGML_TYPE_F16
@@ -703,7 +704,7 @@ cdef class BatchEngine:
     cdef vector[llama_token_data] candidates  # scratch for grammar-checked sampling
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
-                  str kv_type="bf16"):
+                  str kv_type="f16"):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots

@@ -22,7 +22,7 @@ log = logging.getLogger("shimmy.engine")
 
 
 # the KV cache element types a context can hold, and their bytes per value
-KV_CACHE_TYPES = {"bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32}
+KV_CACHE_TYPES = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class EngineSettings:
     gpu_layers: int = 0
     batch: int = 64  # prompt chunk; also the unit in which cached prefixes are reused
     use_mmap: bool = True
-    kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
+    kv_type: str = "f16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
 
 
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
