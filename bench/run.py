@@ -61,7 +61,8 @@ def servers(args: argparse.Namespace, model: Path, port: int) -> list[Server]:
     t, ctx, slots = str(args.threads), args.ctx, args.parallel
     shimmy = Server("shimmy", [str(ROOT / ".venv/bin/shimmy"), "serve", "--port", str(port),
                                "--model-path", str(model), "--threads", t, "--ctx", str(ctx),
-                               "--parallel", str(slots)], "/api/health", {"ignore_eos": True})
+                               "--parallel", str(slots), *args.shimmy_args], "/api/health",
+                    {"ignore_eos": True})
     llama = Server("llama-server", [str(LLAMA_BIN / "llama-server"), "-m", str(model),
                                     "--port", str(port), "-t", t, "-tb", t,
                                     "-c", str(ctx * slots), "-np", str(slots), "--no-repack",
@@ -369,6 +370,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--servers", nargs="+",
                         default=["shimmy", "llama-server", "llama-cpp-python"])
     parser.add_argument("--no-llama-bench", action="store_true")
+    parser.add_argument("--shimmy-args", type=shlex.split, default=[], metavar="ARGS",
+                        help="more options for shimmy serve, e.g. '--kv-cache-type bf16'")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     return parser.parse_args(argv)
 

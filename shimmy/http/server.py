@@ -17,6 +17,7 @@ from time import time
 import h11
 
 from shimmy.errors import ApiError, invalid_request, server_error
+from shimmy.http.connections import ConnectionSet, WriteFlow
 from shimmy.http.router import RouteError, Router
 from shimmy.http.types import (
     Request,
@@ -26,7 +27,6 @@ from shimmy.http.types import (
     StreamResponse,
     WebSocketHandler,
 )
-from shimmy.http.websocket import ConnectionSet, ServerWebSocket, WriteFlow
 from shimmy.logs import RequestRecord, current_request, log_request, request_id
 
 logger = logging.getLogger("shimmy.http")
@@ -348,6 +348,8 @@ class HttpProtocol(asyncio.Protocol):
         transport = self._transport_or_fail()
         self._connections.discard(self)
         path = head.target.decode("latin-1").partition("?")[0]
+        from shimmy.http.websocket import ServerWebSocket  # wsproto loads on first use
+
         websocket = ServerWebSocket(
             handler,
             max_message_bytes=self._config.max_ws_message_bytes,

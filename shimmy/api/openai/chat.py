@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shimmy.api import params
-from shimmy.api.json_grammar import JSON_VALUE_GBNF, SchemaError, schema_to_gbnf, tool_call_gbnf
 from shimmy.api.openai import common, tools
 from shimmy.api.openai.errors import openai_error_body
 from shimmy.api.state import AppState
@@ -97,6 +96,8 @@ def render_prompt(model: LoadedModel, messages: Any,
 
 
 def _grammar(body: dict[str, Any], plan: tools.ToolPlan) -> str | None:
+    from shimmy.api.json_grammar import SchemaError, tool_call_gbnf  # 20 ms: on first use
+
     if plan.forced is not None:
         name = None if plan.forced == "required" else plan.forced
         try:
@@ -107,6 +108,8 @@ def _grammar(body: dict[str, Any], plan: tools.ToolPlan) -> str | None:
 
 
 def response_format_grammar(fmt: Any) -> str | None:
+    from shimmy.api.json_grammar import JSON_VALUE_GBNF, SchemaError, schema_to_gbnf
+
     if fmt is None:
         return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
