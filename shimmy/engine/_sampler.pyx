@@ -789,8 +789,7 @@ cdef class BatchEngine:
         if s.state != IDLE:
             raise LlamaError(f"slot {slot} is busy")
         s.prompt = prompt
-        s.chain = self._make_chain(sampling, prompt)
-        s.shortcut = self._shortcut(sampling)
+        s.chain = self._make_chain(sampling, prompt, &s.shortcut)
         try:
             s.grammar = self._make_grammar(sampling)
         except LlamaError:
@@ -849,7 +848,16 @@ cdef class BatchEngine:
             raise LlamaError(take_log_tail() or "the grammar does not parse")
         return grammar
 
-    cdef llama_sampler * _make_chain(self, dict p, list prompt) except NULL:
+    cdef llama_sampler * _make_chain(self, dict p, list prompt,
+                                     int32_t * shortcut) except NULL:
+        """The request's sampler chain; ``shortcut`` says how its pick can be had without
+        handing it all the vocabulary: -1 it cannot, 0 the best logit, k the k best.
+
+        Without a logit bias or penalties, nothing before top-k changes a logit, so the
+        k best logits are all the chain ever looks at (greedy: the best one). Gemma's
+        262,144-token vocabulary made copying every logit into the chain's array the
+        largest cost outside ``llama_decode``.
+        """
         cdef llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params())
         cdef int n_vocab = self.model.n_vocab
         cdef float temperature = p.get("temperature", 0.7)
@@ -858,6 +866,8 @@ cdef class BatchEngine:
         cdef float presence = p.get("presence_penalty", 0.0)
         cdef vector[llama_logit_bias] biases
         cdef llama_logit_bias bias
+        cdef int top_k = p.get("top_k", 40)
+        cdef bint penalized = repeat != 1.0 or frequency != 0.0 or presence != 0.0
         for token, value in (p.get("logit_bias") or {}).items():
             bias.token = token
             bias.bias = value
@@ -865,36 +875,23 @@ cdef class BatchEngine:
         if biases.size():
             llama_sampler_chain_add(
                 chain, llama_sampler_init_logit_bias(n_vocab, biases.size(), biases.data()))
-        if repeat != 1.0 or frequency != 0.0 or presence != 0.0:
+        cdef bint plain = not biases.size() and not penalized  # no logit moves before top-k
+        if penalized:
             llama_sampler_chain_add(chain, llama_sampler_init_penalties(
                 n_vocab, p.get("penalty_last_n", 64), repeat, frequency, presence))
             for tok in prompt:   # the prompt counts toward repetition, as in llama-server
                 llama_sampler_accept(chain, tok)
         if temperature <= 0.0:
+            shortcut[0] = 0 if plain else -1
             llama_sampler_chain_add(chain, llama_sampler_init_greedy())
             return chain
-        llama_sampler_chain_add(chain, llama_sampler_init_top_k(p.get("top_k", 40)))
+        shortcut[0] = top_k if plain and 0 < top_k < n_vocab else -1
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k))
         llama_sampler_chain_add(chain, llama_sampler_init_top_p(p.get("top_p", 0.95), 1))
         llama_sampler_chain_add(chain, llama_sampler_init_min_p(p.get("min_p", 0.05), 1))
         llama_sampler_chain_add(chain, llama_sampler_init_temp(temperature))
         llama_sampler_chain_add(chain, llama_sampler_init_dist(<uint32_t> p["seed"]))
         return chain
-
-    cdef int32_t _shortcut(self, dict p):
-        """How the chain's pick can be had without handing it all the vocabulary.
-
-        Without a logit bias or penalties, nothing before top-k changes a logit, so the
-        k best logits are all the chain ever looks at (greedy: the best one). Gemma's
-        262,144-token vocabulary made copying every logit into the chain's array the
-        largest cost outside ``llama_decode``.
-        """
-        cdef int top_k = p.get("top_k", 40)
-        if p.get("logit_bias") or p.get("repeat_penalty", 1.0) != 1.0 \
-                or p.get("frequency_penalty", 0.0) != 0.0 or p.get("presence_penalty", 0.0) != 0.0:
-            return -1
-        if p.get("temperature", 0.7) <= 0.0:
-            return 0
-        return top_k if 0 < top_k < self.model.n_vocab else -1
 
     def release(self, int slot) -> None:
         """Make a slot idle now; its cache stays for a later request to reuse."""
@@ -1035,7 +1032,7 @@ cdef class BatchEngine:
         return token
 
     cdef llama_token _sample_best(self, Slot * s, const float * logits) noexcept nogil:
-        """The chain's pick from the ``s.shortcut`` best logits alone (see ``_shortcut``)."""
+        """The chain's pick from the ``s.shortcut`` best logits alone (see ``_make_chain``)."""
         cdef int n_vocab = llama_vocab_n_tokens(self.model.vocab)
         cdef llama_token_data_array best
         cdef llama_token token = 0
