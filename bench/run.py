@@ -34,6 +34,27 @@ LLAMA_BIN = CACHE / "llama.cpp-build" / "bin"
 WORDS = ["river", "mountain", "ocean", "forest", "desert", "city", "village", "garden",
          "bridge", "tower", "castle", "harbor", "valley", "island", "meadow", "canyon",
          "glacier", "volcano", "prairie", "lagoon"]
+# what decoding is measured on: everyday requests, so the generated text is what a user
+# would get (random words make this model repeat one token, which flatters any server
+# that guesses ahead)
+PROMPTS = [
+    "The history of the city begins in the twelfth century, when",
+    "Write a short story about a robot who learns to paint.",
+    "Here is a recipe for a simple tomato soup. Ingredients:",
+    "Q: What is the capital of France?\nA:",
+    "def fibonacci(n):\n",
+    "The three most important inventions of the nineteenth century were",
+    "Explain in simple terms how a bicycle stays upright.",
+    "Dear hiring manager, I am writing to apply for the position of",
+    "List five tips for getting a good night's sleep:\n1.",
+    "The weather forecast for tomorrow says",
+    "Summary of the meeting held on Monday:",
+    "Once upon a time, in a small village by the sea, there lived",
+    "How do I reverse a list in Python?",
+    "The main differences between cats and dogs as pets are",
+    "Translate into French: Good morning, how are you today?",
+    "A healthy breakfast should include",
+]
 
 
 @dataclass
@@ -67,12 +88,15 @@ def servers(args: argparse.Namespace, model: Path, port: int) -> list[Server]:
                                     "--port", str(port), "-t", t, "-tb", t,
                                     "-c", str(ctx * slots), "-np", str(slots), "--no-repack",
                                     "--no-webui"], "/health", {"ignore_eos": True})
+    ngram = Server("llama-server-ngram",
+                   [*llama.command, "--spec-type", "ngram-simple", "--spec-ngram-simple-size-n",
+                    "3", "--spec-ngram-simple-size-m", "3"], "/health", {"ignore_eos": True})
     lcp = Server("llama-cpp-python", [str(CACHE / "peer-venv/bin/python"),
                                       str(ROOT / "bench/lcp_server.py"), "--model", str(model),
                                       "--port", str(port), "--n_threads", t,
                                       "--n_threads_batch", t, "--n_ctx", str(ctx)],
                  "/v1/models", {"logit_bias": {"1": -100, "106": -100}})
-    chosen = [s for s in (shimmy, llama, lcp) if s.name in args.servers]
+    chosen = [s for s in (shimmy, llama, ngram, lcp) if s.name in args.servers]
     for server in chosen:
         server.port = port
     return chosen
@@ -184,11 +208,16 @@ def measure_all(chosen: list[Server], args: argparse.Namespace,
             for key, value in session(server, what).items():
                 samples[server.name].setdefault(key, []).append(value)
 
+    # every server of a turn gets the same prompts: each draws from a copy of one generator
     for _ in range(args.repeats):
-        take_turns(lambda server: single_stream(server, rng, args.tokens))
+        seed = rng.random()
+        take_turns(lambda server, seed=seed: single_stream(server, random.Random(seed), args))
     for clients in args.clients:
-        take_turns(lambda server, n=clients: under_load(server, n, args, rng))
-    take_turns(lambda server: multi_turn(server, rng))
+        seed = rng.random()
+        take_turns(lambda server, n=clients, seed=seed: under_load(server, n, args,
+                                                                   random.Random(seed)))
+    seed = rng.random()
+    take_turns(lambda server: multi_turn(server, random.Random(seed)))
     results = {}
     for name, values in samples.items():
         figures = Figures()
@@ -214,9 +243,16 @@ def session(server: Server, what: Callable[[Server], dict[str, float]]) -> dict[
         stop(server)
 
 
-def single_stream(server: Server, rng: random.Random, tokens: int) -> dict[str, float]:
-    arrivals = stream(server, words(rng, 8), tokens)
-    return {"decode_tok_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]),
+def single_stream(server: Server, rng: random.Random,
+                  args: argparse.Namespace) -> dict[str, float]:
+    """Decode speed over ``--decode-prompts`` prompts (all their tokens after each first
+    one, over all that time), and the two first-token times."""
+    tokens = seconds = 0.0
+    for prompt in rng.sample(PROMPTS, args.decode_prompts):
+        arrivals = stream(server, prompt, args.tokens)
+        tokens += args.tokens - 1
+        seconds += arrivals[-1] - arrivals[0]
+    return {"decode_tok_s": tokens / seconds,
             "ttft_short_ms": stream(server, words(rng, 8), 1)[0] * 1000,
             "ttft_long_ms": stream(server, words(rng, 1000), 1)[0] * 1000}
 
@@ -230,7 +266,7 @@ def under_load(server: Server, clients: int, args: argparse.Namespace,
 
 def concurrent(server: Server, clients: int, args: argparse.Namespace,
                rng: random.Random) -> tuple[float, float, float, float]:
-    prompts = [[words(rng, 8) for _ in range(args.requests)] for _ in range(clients)]
+    prompts = [[rng.choice(PROMPTS) for _ in range(args.requests)] for _ in range(clients)]
     latencies: list[float] = []
     tokens = [0]
     lock = threading.Lock()
@@ -363,6 +399,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=8, help="slots")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128, help="tokens for decode speed")
+    parser.add_argument("--decode-prompts", type=int, default=4,
+                        help="prompts per decode measurement, out of the 16 in PROMPTS")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--requests", type=int, default=3, help="requests per client")
     parser.add_argument("--concurrent-tokens", type=int, default=64)

@@ -186,8 +186,12 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-layers", type=int, metavar="N",
                         help="layers to offload to a GPU (default 0)")
     parser.add_argument("--kv-cache-type", metavar="TYPE",
-                        help="KV cache element type: f16 (default), bf16 or q8_0 (half the "
+                        help="KV cache element type: bf16 (default), f16 or q8_0 (half the "
                              "memory); bf16 and q8_0 use flash attention")
+    parser.add_argument("--draft", type=int, metavar="N",
+                        help="tokens a lone request guesses ahead from its own text and "
+                             "checks in the same step (default 3, 0 turns it off; bf16 "
+                             "and q8_0 caches only)")
 
 
 def _run_serve(config: Config, args: argparse.Namespace) -> int:

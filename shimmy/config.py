@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shimmy.engine.loaded import KV_CACHE_TYPES, EngineSettings
+from shimmy.engine.loaded import KV_CACHE_TYPES, MAX_DRAFT, EngineSettings
 from shimmy.engine.pool import DEFAULT_KEEP_ALIVE, DEFAULT_MAX_MODELS, PoolLimits, parse_keep_alive
 from shimmy.models.discovery import DiscoveryReport, discover
 from shimmy.sysinfo import physical_cores, total_memory_bytes
@@ -38,7 +38,8 @@ class Config:
     ctx: int = 8192
     threads: int = 0  # 0: one per physical core
     gpu_layers: int = 0
-    kv_cache_type: str = "f16"
+    kv_cache_type: str = "bf16"
+    draft: int = 3
     verbose: bool = False
     # serving: who may connect, how much may wait, how long things may take
     api_key: str | None = None
@@ -65,7 +66,7 @@ class Config:
             config.model_path = Path(model_path).expanduser()
         for dirs in getattr(args, "model_dirs", None) or ():
             config.model_dirs.extend(Path(d).expanduser() for d in dirs.split(";") if d)
-        for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type"):
+        for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type", "draft"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
         config._serving_args(args)
@@ -114,6 +115,8 @@ class Config:
         if self.kv_cache_type not in KV_CACHE_TYPES:
             raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
                               + ", ".join(KV_CACHE_TYPES))
+        if not 0 <= self.draft <= MAX_DRAFT:
+            raise ConfigError(f"--draft {self.draft}: choose 0 (off) to {MAX_DRAFT}")
         self._check_serving()
 
     def _check_serving(self) -> None:
@@ -140,7 +143,8 @@ class Config:
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
-                              gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type)
+                              gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type,
+                              draft=self.draft)
 
     def pool_limits(self) -> PoolLimits:
         budget = self.memory_budget

@@ -30,10 +30,11 @@ def model(model_path: Path) -> Any:
 
 @pytest.fixture(scope="module", params=["f16", "bf16", "q8_0"])
 def engine(request: pytest.FixtureRequest, model: Any) -> Any:
-    """Each KV cache type: each comes with its own attention kernels."""
+    """Each KV cache type: each comes with its own attention kernels. Guessing ahead is
+    on, as served: a lone request guesses, one in company does not."""
     from shimmy.engine import native
 
-    eng = native.load().BatchEngine(model, 1024, 3, 2, 64, request.param)
+    eng = native.load().BatchEngine(model, 1024, 3, 2, 64, request.param, 3)
     eng.warm_up()
     return model, eng
 

@@ -574,6 +574,10 @@ cdef long _find_stop(const string & text, const vector[string] & stops, size_t s
 
 # ---------------------------------------------------------------- slots and the step loop
 
+cdef enum:
+    DRAFT_NGRAM_MAX = 3     # the longest, then shorter, history suffix looked up for a guess
+    DRAFT_NGRAM_MIN = 2
+
 cdef enum SlotState:
     IDLE = 0
     PREFILL = 1
@@ -595,6 +599,8 @@ cdef struct Slot:
     size_t n_prefilled          # prompt tokens already in the KV cache
     llama_pos n_past            # next position to decode
     llama_token last_token      # sampled, not yet decoded
+    vector[llama_token] drafted # guessed continuation of last_token, decoded beside it
+    int32_t draft_room          # how many tokens to guess next: grows while guesses hold
     int32_t batch_row           # row of this slot's logits in the current batch, -1 if none
     int32_t max_tokens
     int32_t n_generated
@@ -702,9 +708,12 @@ cdef class BatchEngine:
     cdef readonly int n_threads
     cdef int n_swa
     cdef vector[llama_token_data] candidates  # scratch for grammar-checked sampling
+    cdef readonly int n_draft       # most tokens guessed ahead per step; 0: none
+    cdef readonly uint64_t n_drafted   # guessed tokens decoded, and how many were right
+    cdef readonly uint64_t n_accepted
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
-                  str kv_type="f16"):
+                  str kv_type="f16", int n_draft=0):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots
@@ -724,6 +733,10 @@ cdef class BatchEngine:
         self.n_batch = n_batch
         self.n_slots = n_slots
         self.n_threads = n_threads
+        # over f16, llama.cpp multiplies one row and several rows of a sequence by
+        # different kernels, so a guessed row would round unlike a plain step's
+        self.n_draft = 0 if kv_type == "f16" else max(0, min(n_draft, params.n_batch - 1))
+        self.n_drafted = self.n_accepted = 0
         self.n_swa = llama_model_n_swa(model.ptr)
         self.batch = llama_batch_init(params.n_batch, 0, 1)
         self.slots.resize(n_slots)
@@ -772,10 +785,19 @@ cdef class BatchEngine:
         for i in range(self.slots.size()):
             if self.slots[i].state != IDLE:
                 continue
-            length = _common_prefix(self.slots[i].cached, tokens)
+            length = self._reusable(&self.slots[i], tokens)
             if best < 0 or length > best_len:
                 best, best_len = i, length
         return best
+
+    cdef size_t _reusable(self, Slot * s, const vector[llama_token] & prompt) noexcept:
+        """How many of ``prompt``'s tokens the slot's cache can save reading (see
+        ``_reuse_cache``). Where none can, the lowest idle slot wins: llama.cpp decodes
+        the rows of consecutive slots together, and a gap between busy slots costs a
+        second pass over the weights."""
+        cdef size_t n = _common_prefix(s.cached, prompt)
+        n = min(min(n, s.n_read), prompt.size() - 1) if prompt.size() else 0
+        return n - n % self.n_batch
 
     def start(self, int slot, list prompt, dict sampling, list stops, int max_tokens,
               bint ignore_eos=False, int logprobs=-1) -> int:
@@ -800,6 +822,8 @@ cdef class BatchEngine:
         s.n_prefilled = reused
         s.n_past = reused
         s.batch_row = -1
+        s.drafted.clear()
+        s.draft_room = self.n_draft
         s.max_tokens = max_tokens
         s.n_generated = 0
         s.n_probs = logprobs
@@ -822,9 +846,7 @@ cdef class BatchEngine:
         differently, and the text would depend on the slot's history.
         """
         cdef llama_memory_t mem = llama_get_memory(self.ctx)
-        cdef size_t total = s.prompt.size()
-        cdef size_t n = min(min(_common_prefix(s.cached, s.prompt), s.n_read), total - 1)
-        n -= n % self.n_batch
+        cdef size_t n = self._reusable(s, s.prompt)
         if n > 0 and self.n_swa > 0 and \
                 llama_memory_seq_pos_min(mem, slot) > max(0, <long> n - self.n_swa):
             n = 0  # the sliding window the rest of the prompt needs has been dropped
@@ -918,7 +940,8 @@ cdef class BatchEngine:
         string that ended it, if one did. ``logprobs`` lists ``(token, piece, logprob, top)`` for
         the tokens behind ``text``, ``top`` being ``[(token, piece, logprob), ...]``.
 
-        One ``llama_decode`` moves every generating slot by a token; a second reads
+        One ``llama_decode`` moves every generating slot by a token (a lone one by
+        as many more as its guesses that hold, see ``_add_draft``); a second reads
         the next prompt chunk of one prefilling slot. Keeping the two apart, with
         chunks cut at multiples of ``n_batch``, makes each request's arithmetic the
         same whether it runs alone or beside others, so a seed gives the same text
@@ -944,8 +967,12 @@ cdef class BatchEngine:
                              + (" (no free KV cache cell)" if status == 1 else ""))
 
     cdef int _fill_decode(self):
+        """A row for every generating slot; a lone one adds its guess at what follows."""
         cdef llama_batch * b = &self.batch
         cdef Slot * s
+        cdef int generating = 0
+        for i in range(self.slots.size()):
+            generating += self.slots[i].state == GENERATE
         b.n_tokens = 0
         for i in range(self.slots.size()):
             s = &self.slots[i]
@@ -954,7 +981,33 @@ cdef class BatchEngine:
                 s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
                 s.cached.push_back(s.last_token)
                 s.n_past += 1
+                if generating == 1:
+                    self._add_draft(b, s, i)
         return b.n_tokens
+
+    cdef void _add_draft(self, llama_batch * b, Slot * s, int seq) noexcept:
+        """Guess the slot's next tokens from its own history and decode them after
+        ``last_token`` (prompt-lookup speculative decoding).
+
+        Every guessed row's logits are the ones a plain step would compute once its
+        tokens are confirmed (llama.cpp gives each row of a sequence the same result
+        alone or in a batch; tests check it bit for bit), and ``_sample_all`` samples
+        them in order with the slot's own chain, stopping at the first wrong guess: the
+        text, log-probabilities and seed behaviour are those of plain decoding, only
+        fewer passes over the weights are made when the text repeats itself.
+
+        Only a lone generating slot guesses: llama.cpp splits a batch whose sequences
+        have unequal row counts into several passes, which costs more than right guesses
+        save.
+        """
+        cdef long room = min(<long> s.draft_room, <long> (s.max_tokens - s.n_generated - 1))
+        room = min(room, <long> self.n_ctx - 2 - s.n_past)
+        s.drafted.clear()
+        if room <= 0:
+            return
+        _lookup_draft(s.cached, <int> room, s.drafted)
+        for k in range(s.drafted.size()):
+            _batch_add(b, s.drafted[k], s.n_past + k, seq, True)
 
     cdef int _fill_prefill(self):
         """The next chunk of the first slot still reading its prompt; returns that slot,
@@ -986,12 +1039,25 @@ cdef class BatchEngine:
 
     cdef list _sample_all(self):
         cdef list events = []
-        cdef Slot * s
-        cdef llama_token token
         for i in range(self.slots.size()):
-            s = &self.slots[i]
-            if s.batch_row < 0:
-                continue
+            if self.slots[i].batch_row >= 0:
+                event = self._sample_slot(i, &self.slots[i])
+                if event is not None:
+                    events.append(event)
+                    if event[2] is not None:
+                        self.release(i)
+        return events
+
+    cdef object _sample_slot(self, int index, Slot * s):
+        """Sample the slot's rows in order: its last token's, then each guessed
+        token's while the guesses hold; one event for all the text they add."""
+        cdef llama_token token
+        cdef size_t n_guessed = s.drafted.size()
+        cdef llama_pos confirmed_from = s.n_past
+        cdef int32_t first = s.batch_row
+        merged = None
+        for j in range(n_guessed + 1):
+            s.batch_row = first + j
             with nogil:
                 token = self._sample(s)
             if s.n_probs >= 0:
@@ -999,12 +1065,30 @@ cdef class BatchEngine:
             s.state = GENERATE
             s.last_token = token
             s.n_generated += 1
-            event = self._advance_text(i, s, token)
+            event = self._advance_text(index, s, token)
             if event is not None:
-                events.append(event)
+                merged = event if merged is None else _merge_events(merged, event)
                 if event[2] is not None:
-                    self.release(i)
-        return events
+                    break
+            if j == n_guessed or token != s.drafted[j]:
+                break
+            s.cached.push_back(token)  # the guess was right: its cell stays
+            s.n_past += 1
+        if n_guessed:
+            self._adapt_draft(s, n_guessed, s.n_past - confirmed_from)
+            s.drafted.clear()  # the cells of wrong or unneeded guesses go
+            llama_memory_seq_rm(llama_get_memory(self.ctx), index, s.n_past, -1)
+        return merged
+
+    cdef void _adapt_draft(self, Slot * s, size_t n_guessed, size_t n_right) noexcept:
+        """Count the guesses; guess one more next time if all held, else one more than
+        held this time (a wrong guess costs a row of compute and saves nothing)."""
+        self.n_drafted += n_guessed
+        self.n_accepted += n_right
+        if n_right == n_guessed:
+            s.draft_room = min(self.n_draft, s.draft_room + 1)
+        else:
+            s.draft_room = <int32_t> n_right + 1
 
     cdef llama_token _sample(self, Slot * s) noexcept nogil:
         """The chain's pick; with a grammar, checked against it and redrawn only if it
@@ -1223,6 +1307,34 @@ cdef void _top_tokens(const float * logits, int n_vocab, int k,
         while j > 0 and logits[out[j]] > logits[out[j - 1]]:
             out[j], out[j - 1] = out[j - 1], out[j]
             j -= 1
+
+
+cdef void _lookup_draft(const vector[llama_token] & history, int n_max,
+                        vector[llama_token] & out) noexcept nogil:
+    """Up to ``n_max`` tokens that followed the latest earlier occurrence of the
+    history's last ``DRAFT_NGRAM_MAX`` tokens (or fewer, down to ``DRAFT_NGRAM_MIN``).
+    A continuation that runs into the end repeats itself, as a loop in the text would."""
+    cdef long n = history.size()
+    cdef long i, at
+    cdef int g, k
+    cdef const llama_token * h = history.data()
+    out.clear()
+    for g in range(DRAFT_NGRAM_MAX, DRAFT_NGRAM_MIN - 1, -1):
+        i = n - g - 1
+        while i >= 0:
+            if h[i + g - 1] == h[n - 1] and \
+                    memcmp(h + i, h + n - g, g * sizeof(llama_token)) == 0:
+                for k in range(n_max):
+                    at = i + g + k
+                    out.push_back(h[at] if at < n else out[at - n])
+                return
+            i -= 1
+
+
+cdef tuple _merge_events(tuple first, tuple then):
+    """One event for two of a slot's in a row: the text joined, the latter's state."""
+    logprobs = first[4] + then[4] if first[4] is not None else None
+    return (first[0], first[1] + then[1], then[2], then[3], logprobs, then[5])
 
 
 cdef inline size_t _scan_start(size_t before, const vector[string] & stops) noexcept nogil:

@@ -23,6 +23,11 @@ log = logging.getLogger("shimmy.engine")
 
 # the KV cache element types a context can hold, and their bytes per value
 KV_CACHE_TYPES = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+MAX_DRAFT = 16  # tokens guessed ahead per step, at most (--draft)
+# ggml types whose matrix products llama.cpp's CPU backend computes with one kernel for a
+# single row and another (llamafile's tinyBLAS) for several: F32, F16 and BF16. Its
+# quantized kernels sum in the same order either way.
+ROW_SHAPED_TYPES = frozenset({0, 1, 30})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +38,8 @@ class EngineSettings:
     gpu_layers: int = 0
     batch: int = 64  # prompt chunk; also the unit in which cached prefixes are reused
     use_mmap: bool = True
-    kv_type: str = "f16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
+    kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
+    draft: int = 3  # tokens guessed ahead per step (bf16 and q8_0 caches only)
 
 
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
@@ -46,6 +52,12 @@ def is_embedding_model(info: GGUFInfo | None) -> bool:
         return False
     pooling = info.metadata.get(f"{info.architecture}.pooling_type")
     return info.architecture in ENCODER_ARCHITECTURES or bool(pooling)
+
+
+def guessing_is_exact(info: GGUFInfo | None, loras: list[Path] | None) -> bool:
+    """Whether a guessed token's row rounds as a plain step's would (``BatchEngine``
+    guesses ahead only then): no weight matrix, LoRA's included, of a row-shaped type."""
+    return info is not None and not loras and not info.matrix_types & ROW_SHAPED_TYPES
 
 
 class LoadedModel:
@@ -69,7 +81,9 @@ class LoadedModel:
         else:
             self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
                                               settings.threads, min(settings.batch, n_ctx),
-                                              settings.kv_type)
+                                              settings.kv_type,
+                                              settings.draft if guessing_is_exact(info, loras)
+                                              else 0)
             self.engine.warm_up()
             self.scheduler = Scheduler(self.engine, name)
         self._embed_lock = threading.Lock()

@@ -97,6 +97,7 @@ class GGUFInfo:
     split_index: int = 0
     version: int = 3
     tensor_count: int = 0
+    matrix_types: frozenset[int] = frozenset()  # ggml types of the tensors of 2+ dimensions
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -360,6 +361,7 @@ def _build_info(
         split_index=_integer(metadata.get("split.no")) or 0,
         version=version,
         tensor_count=len(tensors),
+        matrix_types=frozenset(t.ggml_type for t in tensors if len(t.dims) > 1),
         metadata=metadata,
     )
 
