@@ -34,7 +34,7 @@ def engine(request: pytest.FixtureRequest, model: Any) -> Any:
     on, as served: a lone request guesses, one in company does not."""
     from shimmy.engine import native
 
-    eng = native.load().BatchEngine(model, 1024, 3, 2, 64, request.param, 3)
+    eng = native.load().BatchEngine(model, 1024, 3, 2, 64, request.param, 3, True)
     eng.warm_up()
     return model, eng
 
@@ -96,6 +96,28 @@ def test_top_k_shortcut_picks_what_the_whole_chain_picks(engine: Any, temperatur
         eng.start(0, tokens, sampling, [], 48, True, 0)
         trace: Trace = []
         while not trace or len(trace) < 48:
+            for _slot, _text, _finish, _n, logprobs, _stop in eng.step():
+                trace.extend((entry[0], entry[2]) for entry in logprobs or ())
+        traces.append(trace)
+    assert traces[0] == traces[1]
+
+
+def test_a_chat_turn_reusing_its_history_rounds_as_a_cold_start(engine: Any) -> None:
+    """The next turn's prompt holds the last turn's prompt and answer (generated with
+    guesses, where the cache type allows). Its prompt cells are reused in whole chunks,
+    and the new turn's tokens equal those of a slot that reads the whole prompt cold."""
+    model, eng = engine
+    first = prompt(model, 7, 300)
+    answer = [token for token, _ in run(eng, {0: (first, 0)})[0]]
+    second = first + answer + prompt(model, 8, 20)[1:]
+    sampling = dict(SAMPLING, seed=3)
+    traces = []
+    for slot in (0, 1):  # slot 0 holds the first turn; slot 1 another request
+        reused = eng.start(slot, second, sampling, [], MAX_TOKENS, True, 0)
+        if slot == 0:
+            assert reused == len(first) - len(first) % 64 > 0
+        trace: Trace = []
+        while len(trace) < MAX_TOKENS:
             for _slot, _text, _finish, _n, logprobs, _stop in eng.step():
                 trace.extend((entry[0], entry[2]) for entry in logprobs or ())
         traces.append(trace)

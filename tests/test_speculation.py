@@ -30,7 +30,7 @@ def model(model_path: Path) -> Any:
 def make_engine(model: Any, kv_type: str, draft: int) -> Any:
     from shimmy.engine import native
 
-    eng = native.load().BatchEngine(model, 512, 2, 2, 64, kv_type, draft)
+    eng = native.load().BatchEngine(model, 512, 2, 2, 64, kv_type, draft, True)
     eng.warm_up()
     return eng
 
@@ -126,16 +126,16 @@ def test_models_whose_kernels_depend_on_row_count_never_guess(model_path: Path,
     float weights or a LoRA adapter would round a guessed row differently."""
     from tiny_model import write_spelling_model
 
-    from shimmy.engine.loaded import guessing_is_exact
+    from shimmy.engine.loaded import exact_weights
     from shimmy.models.gguf import read_gguf_info
 
     embedded = read_gguf_info(model_path)
-    assert guessing_is_exact(embedded, [])
-    assert not guessing_is_exact(embedded, [tmp_path / "adapter.gguf"])
-    assert not guessing_is_exact(None, [])
+    assert exact_weights(embedded, [])
+    assert not exact_weights(embedded, [tmp_path / "adapter.gguf"])
+    assert not exact_weights(None, [])
     tiny = read_gguf_info(write_spelling_model(tmp_path / "speller.gguf", "abc"))
     assert tiny.matrix_types == {0}  # F32
-    assert not guessing_is_exact(tiny, [])
+    assert not exact_weights(tiny, [])
 
 
 def test_a_loaded_model_guesses_as_configured(model_path: Path) -> None:

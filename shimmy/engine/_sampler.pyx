@@ -12,7 +12,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t, uint64_t
 from libc.stdio cimport fflush, fputs, stderr
 from libc.math cimport INFINITY, expf, logf, sqrtf
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 from libcpp cimport bool as cbool
 from libcpp.string cimport string
 from libcpp.vector cimport vector
@@ -577,6 +577,10 @@ cdef long _find_stop(const string & text, const vector[string] & stops, size_t s
 cdef enum:
     DRAFT_NGRAM_MAX = 3     # the longest, then shorter, history suffix looked up for a guess
     DRAFT_NGRAM_MIN = 2
+    # rows of one sequence in a decode step at most: up to 4, llama.cpp's CPU kernels
+    # give each row what a step of one row gives it (8 already round differently), and
+    # a fifth row costs more than the first four together here
+    MAX_SEQ_ROWS = 4
 
 cdef enum SlotState:
     IDLE = 0
@@ -713,7 +717,7 @@ cdef class BatchEngine:
     cdef readonly uint64_t n_accepted
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
-                  str kv_type="f16", int n_draft=0):
+                  str kv_type="f16", int n_draft=0, bint exact_weights=False):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots
@@ -733,9 +737,11 @@ cdef class BatchEngine:
         self.n_batch = n_batch
         self.n_slots = n_slots
         self.n_threads = n_threads
-        # over f16, llama.cpp multiplies one row and several rows of a sequence by
-        # different kernels, so a guessed row would round unlike a plain step's
-        self.n_draft = 0 if kv_type == "f16" else max(0, min(n_draft, params.n_batch - 1))
+        # The caller vouches for the weights (no float matrices: llama.cpp multiplies
+        # those by one kernel for a single row and another for several); over an f16
+        # cache the attention does the same. warm_up() checks the rest.
+        self.n_draft = max(0, min(n_draft, MAX_SEQ_ROWS - 1)) \
+            if exact_weights and kv_type != "f16" else 0
         self.n_drafted = self.n_accepted = 0
         self.n_swa = llama_model_n_swa(model.ptr)
         self.batch = llama_batch_init(params.n_batch, 0, 1)
@@ -760,7 +766,8 @@ cdef class BatchEngine:
             self.ctx = NULL
 
     def warm_up(self) -> None:
-        """One throw-away decode so the first request does not pay for graph set-up."""
+        """One throw-away decode so the first request does not pay for graph set-up;
+        where guessing ahead is on, the check that keeps it only if it is exact."""
         cdef llama_token tok = self.model.bos_token
         if tok < 0:
             tok = 0
@@ -773,6 +780,39 @@ cdef class BatchEngine:
         with nogil:
             llama_decode(self.ctx, self.batch)
         llama_memory_clear(llama_get_memory(self.ctx), True)
+        if self.n_draft > 0 and not self._rows_agree():
+            self.n_draft = 0
+        llama_memory_clear(llama_get_memory(self.ctx), True)
+
+    cdef bint _rows_agree(self) except -1:
+        """Whether ``MAX_SEQ_ROWS`` rows of a sequence decoded in one step get the very
+        logits that as many one-row steps get. Which kernels llama.cpp's CPU backend
+        picks depends on the machine, so this is measured, not assumed."""
+        cdef int n_vocab = self.model.n_vocab
+        cdef int lead = 8
+        cdef vector[float] single
+        cdef llama_batch * b = &self.batch
+        single.resize(<size_t> MAX_SEQ_ROWS * n_vocab)
+        b.n_tokens = 0
+        for i in range(lead):
+            _batch_add(b, (i * 7919 + 13) % n_vocab, i, 0, False)
+        self._decode()
+        for j in range(MAX_SEQ_ROWS):
+            b.n_tokens = 0
+            _batch_add(b, ((lead + j) * 7919 + 13) % n_vocab, lead + j, 0, True)
+            self._decode()
+            memcpy(&single[j * n_vocab], llama_get_logits_ith(self.ctx, 0),
+                   n_vocab * sizeof(float))
+        llama_memory_seq_rm(llama_get_memory(self.ctx), 0, lead, -1)
+        b.n_tokens = 0
+        for j in range(MAX_SEQ_ROWS):
+            _batch_add(b, ((lead + j) * 7919 + 13) % n_vocab, lead + j, 0, True)
+        self._decode()
+        for j in range(MAX_SEQ_ROWS):
+            if memcmp(&single[j * n_vocab], llama_get_logits_ith(self.ctx, j),
+                      n_vocab * sizeof(float)) != 0:
+                return False
+        return True
 
     def is_idle(self, int slot) -> bool:
         return self.slots[slot].state == IDLE
@@ -841,9 +881,10 @@ cdef class BatchEngine:
         """Keep the cached prefix the prompt shares; drop the rest of the slot's cache.
 
         Only cells that were read as prompt are reused (a generated token's cell was
-        computed one row at a time), and only up to a multiple of ``n_batch``: the rest
-        is then read in exactly the chunks a cold start would use. Any other cut rounds
-        differently, and the text would depend on the slot's history.
+        computed in a step of at most ``MAX_SEQ_ROWS`` rows), and only up to a multiple
+        of ``n_batch``: the rest is then read in exactly the chunks a cold start would
+        use. Any other cut rounds differently, and the text would depend on the slot's
+        history.
         """
         cdef llama_memory_t mem = llama_get_memory(self.ctx)
         cdef size_t n = self._reusable(s, s.prompt)

@@ -23,7 +23,7 @@ log = logging.getLogger("shimmy.engine")
 
 # the KV cache element types a context can hold, and their bytes per value
 KV_CACHE_TYPES = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
-MAX_DRAFT = 16  # tokens guessed ahead per step, at most (--draft)
+MAX_DRAFT = 3  # tokens guessed ahead per step, at most (--draft; the engine's own cap)
 # ggml types whose matrix products llama.cpp's CPU backend computes with one kernel for a
 # single row and another (llamafile's tinyBLAS) for several: F32, F16 and BF16. Its
 # quantized kernels sum in the same order either way.
@@ -54,9 +54,10 @@ def is_embedding_model(info: GGUFInfo | None) -> bool:
     return info.architecture in ENCODER_ARCHITECTURES or bool(pooling)
 
 
-def guessing_is_exact(info: GGUFInfo | None, loras: list[Path] | None) -> bool:
-    """Whether a guessed token's row rounds as a plain step's would (``BatchEngine``
-    guesses ahead only then): no weight matrix, LoRA's included, of a row-shaped type."""
+def exact_weights(info: GGUFInfo | None, loras: list[Path] | None) -> bool:
+    """Whether the weights give a token's row the same result however many rows of its
+    sequence are computed together: no matrix, LoRA's included, of a row-shaped type.
+    Only then does ``BatchEngine`` guess ahead."""
     return info is not None and not loras and not info.matrix_types & ROW_SHAPED_TYPES
 
 
@@ -81,9 +82,8 @@ class LoadedModel:
         else:
             self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
                                               settings.threads, min(settings.batch, n_ctx),
-                                              settings.kv_type,
-                                              settings.draft if guessing_is_exact(info, loras)
-                                              else 0)
+                                              settings.kv_type, settings.draft,
+                                              exact_weights(info, loras))
             self.engine.warm_up()
             self.scheduler = Scheduler(self.engine, name)
         self._embed_lock = threading.Lock()
