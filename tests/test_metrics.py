@@ -173,6 +173,20 @@ def test_a_generation_moves_the_counters(port: int) -> None:
     assert value(after, "shimmy_queue_depth", model=MODEL) == 0
 
 
+def test_guesses_ahead_are_counted(port: int) -> None:
+    before = scrape(port)
+    # the model answers this by repeating its pattern, which a lone request guesses
+    prompt = ("Write a short story about a robot who learns to paint.\n\n"
+              "Write a short story about a robot who learns to sing.\n\n")
+    status, body = request_json(port, "POST", "/api/generate",
+                                {"prompt": prompt, "max_tokens": 48, "temperature": 0})
+    assert status == 200, body
+    after = scrape(port)
+    drafted, accepted = (value(after, name, model=MODEL) - value(before, name, model=MODEL)
+                         for name in ("shimmy_draft_tokens_total", "shimmy_draft_accepted_total"))
+    assert drafted >= accepted > 0
+
+
 def test_websocket_messages_are_counted(port: int) -> None:
     before = metric(port, "shimmy_websocket_messages_total", route="/ws/generate")
     client = WsClient(port, "/ws/generate")

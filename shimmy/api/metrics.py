@@ -6,7 +6,16 @@ from shimmy.api.state import AppState
 from shimmy.engine.loaded import LoadedModel
 from shimmy.http.router import Router
 from shimmy.http.types import Request, Response
-from shimmy.metrics import CONTENT_TYPE, METRICS, Gauge, Metric, Metrics, process_metrics, render
+from shimmy.metrics import (
+    CONTENT_TYPE,
+    METRICS,
+    Counter,
+    Gauge,
+    Metric,
+    Metrics,
+    process_metrics,
+    render,
+)
 
 
 def register(router: Router, state: AppState, metrics: Metrics = METRICS) -> None:
@@ -27,10 +36,17 @@ def model_metrics(state: AppState) -> list[Metric]:
     total = Gauge("shimmy_slots_total", "Slots of each loaded model", ("model",))
     queued = Gauge("shimmy_queue_depth", "Generations waiting for a free slot", ("model",))
     up = Gauge("shimmy_scheduler_up", "1 while a model's scheduler thread runs", ("model",))
+    drafted = Counter("shimmy_draft_tokens_total",
+                      "Tokens guessed ahead (--draft) and decoded to be checked", ("model",))
+    accepted = Counter("shimmy_draft_accepted_total",
+                       "Guessed tokens that held, each saving a decode step", ("model",))
     for name, model in sorted(loaded.items()):
         load_seconds.set(name, value=getattr(model, "load_seconds", 0.0))
         _scheduler_gauges(name, model, active, total, queued, up)
-    return [models, load_seconds, active, total, queued, up]
+        if model.engine is not None:  # read across threads: a scrape may lag a step
+            drafted.inc(name, amount=model.engine.n_drafted)
+            accepted.inc(name, amount=model.engine.n_accepted)
+    return [models, load_seconds, active, total, queued, up, drafted, accepted]
 
 
 def _scheduler_gauges(name: str, model: LoadedModel, active: Gauge, total: Gauge,
