@@ -581,6 +581,10 @@ cdef enum:
     # give each row what a step of one row gives it (8 already round differently), and
     # a fifth row costs more than the first four together here
     MAX_SEQ_ROWS = 4
+    # rows per llama_decode of generating slots: from 8 rows on, llama.cpp's CPU matrix
+    # kernels round each row differently than for 1 to 7 (measured: 8 one-row sequences
+    # got other logits than the same rows alone at about 1 position in 3)
+    MAX_PASS_ROWS = 7
 
 cdef enum SlotState:
     IDLE = 0
@@ -981,17 +985,21 @@ cdef class BatchEngine:
         string that ended it, if one did. ``logprobs`` lists ``(token, piece, logprob, top)`` for
         the tokens behind ``text``, ``top`` being ``[(token, piece, logprob), ...]``.
 
-        One ``llama_decode`` moves every generating slot by a token (a lone one by
-        as many more as its guesses that hold, see ``_add_draft``); a second reads
-        the next prompt chunk of one prefilling slot. Keeping the two apart, with
+        One ``llama_decode`` per ``MAX_PASS_ROWS`` generating slots moves each by a
+        token (a lone one by as many more as its guesses that hold, see
+        ``_add_draft``); another reads the next prompt chunk of one prefilling slot. Keeping the two apart, with
         chunks cut at multiples of ``n_batch``, makes each request's arithmetic the
         same whether it runs alone or beside others, so a seed gives the same text
         either way. Raises ``LlamaError`` if llama.cpp fails a batch.
         """
         events = []
-        if self._fill_decode():
+        cdef size_t next_slot = 0
+        while next_slot < self.slots.size():
+            next_slot = self._fill_decode(next_slot)
+            if self.batch.n_tokens == 0:
+                break
             self._decode()
-            events = self._sample_all()
+            events.extend(self._sample_all())
         if self._fill_prefill() >= 0:
             self._decode()
             events.extend(self._sample_all())
@@ -1007,24 +1015,29 @@ cdef class BatchEngine:
             raise LlamaError(f"llama_decode failed with status {status}"
                              + (" (no free KV cache cell)" if status == 1 else ""))
 
-    cdef int _fill_decode(self):
-        """A row for every generating slot; a lone one adds its guess at what follows."""
+    cdef size_t _fill_decode(self, size_t first_slot):
+        """A row for each generating slot from ``first_slot`` on, ``MAX_PASS_ROWS`` at
+        most; a lone one adds its guess at what follows. Returns the slot to go on from."""
         cdef llama_batch * b = &self.batch
         cdef Slot * s
         cdef int generating = 0
+        cdef size_t i
         for i in range(self.slots.size()):
             generating += self.slots[i].state == GENERATE
+            self.slots[i].batch_row = -1
         b.n_tokens = 0
-        for i in range(self.slots.size()):
+        for i in range(first_slot, self.slots.size()):
             s = &self.slots[i]
-            s.batch_row = -1
-            if s.state == GENERATE:
-                s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
-                s.cached.push_back(s.last_token)
-                s.n_past += 1
-                if generating == 1:
-                    self._add_draft(b, s, i)
-        return b.n_tokens
+            if s.state != GENERATE:
+                continue
+            if b.n_tokens == MAX_PASS_ROWS:
+                return i
+            s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
+            s.cached.push_back(s.last_token)
+            s.n_past += 1
+            if generating == 1:
+                self._add_draft(b, s, i)
+        return self.slots.size()
 
     cdef void _add_draft(self, llama_batch * b, Slot * s, int seq) noexcept:
         """Guess the slot's next tokens from its own history and decode them after
