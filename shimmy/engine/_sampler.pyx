@@ -770,22 +770,17 @@ cdef class BatchEngine:
             self.ctx = NULL
 
     def warm_up(self) -> None:
-        """One throw-away decode so the first request does not pay for graph set-up;
-        where guessing ahead is on, the check that keeps it only if it is exact."""
+        """Decodes that let the first request skip graph set-up: one throw-away token,
+        or, where guessing ahead is on, the check that keeps it only if it is exact."""
         cdef llama_token tok = self.model.bos_token
-        if tok < 0:
-            tok = 0
-        self.batch.n_tokens = 1
-        self.batch.token[0] = tok
-        self.batch.pos[0] = 0
-        self.batch.n_seq_id[0] = 1
-        self.batch.seq_id[0][0] = 0
-        self.batch.logits[0] = 1
-        with nogil:
-            llama_decode(self.ctx, self.batch)
-        llama_memory_clear(llama_get_memory(self.ctx), True)
-        if self.n_draft > 0 and not self._rows_agree():
-            self.n_draft = 0
+        if self.n_draft > 0:
+            if not self._rows_agree():
+                self.n_draft = 0
+        else:
+            self.batch.n_tokens = 0
+            _batch_add(&self.batch, tok if tok >= 0 else 0, 0, 0, True)
+            with nogil:
+                llama_decode(self.ctx, self.batch)
         llama_memory_clear(llama_get_memory(self.ctx), True)
 
     cdef bint _rows_agree(self) except -1:
@@ -794,23 +789,26 @@ cdef class BatchEngine:
         picks depends on the machine, so this is measured, not assumed."""
         cdef int n_vocab = self.model.n_vocab
         cdef int lead = 8
+        cdef vector[llama_token] tokens
         cdef vector[float] single
         cdef llama_batch * b = &self.batch
+        for i in range(lead + MAX_SEQ_ROWS):
+            tokens.push_back((i * 7919 + 13) % n_vocab)  # any tokens will do
         single.resize(<size_t> MAX_SEQ_ROWS * n_vocab)
         b.n_tokens = 0
         for i in range(lead):
-            _batch_add(b, (i * 7919 + 13) % n_vocab, i, 0, False)
+            _batch_add(b, tokens[i], i, 0, False)
         self._decode()
         for j in range(MAX_SEQ_ROWS):
             b.n_tokens = 0
-            _batch_add(b, ((lead + j) * 7919 + 13) % n_vocab, lead + j, 0, True)
+            _batch_add(b, tokens[lead + j], lead + j, 0, True)
             self._decode()
             memcpy(&single[j * n_vocab], llama_get_logits_ith(self.ctx, 0),
                    n_vocab * sizeof(float))
         llama_memory_seq_rm(llama_get_memory(self.ctx), 0, lead, -1)
         b.n_tokens = 0
         for j in range(MAX_SEQ_ROWS):
-            _batch_add(b, ((lead + j) * 7919 + 13) % n_vocab, lead + j, 0, True)
+            _batch_add(b, tokens[lead + j], lead + j, 0, True)
         self._decode()
         for j in range(MAX_SEQ_ROWS):
             if memcmp(&single[j * n_vocab], llama_get_logits_ith(self.ctx, j),
