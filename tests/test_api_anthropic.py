@@ -93,7 +93,7 @@ def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
 
 
 def test_cached_prefix_counts_as_cache_read(port: int, client: anthropic.Anthropic) -> None:
-    system = "You are a helpful assistant. " * 60  # > 256 tokens: several reusable chunks
+    system = "You are a helpful assistant. " * 60  # > 256 tokens
     messages = [{"role": "user", "content": "Hi"}]
     client.messages.create(model=MODEL, max_tokens=2, system=system, messages=messages)
     again = client.messages.create(model=MODEL, max_tokens=2, system=system,

@@ -208,7 +208,7 @@ def test_tool_messages_round_trip(client: openai.OpenAI) -> None:
 
 
 def test_prefix_cache_shows_in_usage(client: openai.OpenAI) -> None:
-    long_system = "You are a helpful assistant. " * 60  # > 256 tokens: several reusable chunks
+    long_system = "You are a helpful assistant. " * 60  # > 256 tokens
     first = [{"role": "system", "content": long_system}, {"role": "user", "content": "Hi"}]
     reply = client.chat.completions.create(model=MODEL, messages=first, max_tokens=4,
                                            temperature=0)
@@ -216,7 +216,8 @@ def test_prefix_cache_shows_in_usage(client: openai.OpenAI) -> None:
                       {"role": "user", "content": "And then?"}]
     again = client.chat.completions.create(model=MODEL, messages=second, max_tokens=4)
     cached = again.usage.prompt_tokens_details.cached_tokens
-    assert cached >= 256 and cached % 64 == 0 and cached < again.usage.prompt_tokens
+    # the whole first prompt and the answer's cells, which were generated, not read
+    assert reply.usage.prompt_tokens < cached < again.usage.prompt_tokens
 
 
 @pytest.mark.parametrize(

@@ -378,7 +378,7 @@ class FakeEngine:
         return free[0] if free else -1
 
     def start(self, slot: int, prompt: list[int], sampling: dict, stop: list[str],
-              max_tokens: int, ignore_eos: bool, logprobs: int) -> int:
+              max_tokens: int, ignore_eos: bool, logprobs: int, reuse: bool) -> int:
         if prompt[0] == self.POISON:
             raise ValueError("this request's grammar is refused")
         self.active[slot] = [max_tokens, 0]

@@ -1,9 +1,9 @@
 """``shimmy bench [MODEL]``: prompt and generation speed and time to first token.
 
-Each run sends a fresh prompt of exactly ``--prompt-tokens`` tokens (its first words differ
-from the other runs', so no cached prefix is reused) and generates ``--gen-tokens`` tokens
-with end-of-text ignored, greedily. One request at a time: this measures a single stream,
-not the server's throughput under load.
+Each run sends a prompt of exactly ``--prompt-tokens`` tokens, read whole (no cached
+prefix is reused), and generates ``--gen-tokens`` tokens with end-of-text ignored,
+greedily. One request at a time: this measures a single stream, not the server's
+throughput under load.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _prompt(model: LoadedModel, run: int, length: int) -> list[int]:
 
 async def _one_run(model: LoadedModel, prompt: list[int], gen_tokens: int) -> RunResult:
     generation = model.generate(prompt, gen_tokens, Sampling(temperature=0.0, seed=1),
-                                ignore_eos=True)
+                                ignore_eos=True, reuse_cache=False)
     await generation.text()
     first, done = generation.first_piece_at, generation.finished_at
     assert first is not None and done is not None, "a finished generation has timestamps"

@@ -578,13 +578,21 @@ cdef enum:
     DRAFT_NGRAM_MAX = 3     # the longest, then shorter, history suffix looked up for a guess
     DRAFT_NGRAM_MIN = 2
     # rows of one sequence in a decode step at most: up to 4, llama.cpp's CPU kernels
-    # give each row what a step of one row gives it (8 already round differently), and
-    # a fifth row costs more than the first four together here
+    # give each row what a step of one row gives it, and a fifth row costs more than
+    # the first four together here
     MAX_SEQ_ROWS = 4
-    # rows per llama_decode of generating slots: from 8 rows on, llama.cpp's CPU matrix
-    # kernels round each row differently than for 1 to 7 (measured: 8 one-row sequences
-    # got other logits than the same rows alone at about 1 position in 3)
-    MAX_PASS_ROWS = 7
+    # rows of one sequence that warm_up() decodes in one step and one by one: 8 is where
+    # llama.cpp's tiled K-quant kernel took over (native.load() turns it off)
+    CHECK_ROWS = 8
+    # generating slots per llama_decode where that check fails (the most measured to
+    # round like one row on this machine, with the tiled kernel on)
+    FALLBACK_PASS_ROWS = 7
+
+
+cdef inline llama_token _probe_token(int i, int n_vocab) noexcept nogil:
+    """The i-th token of the kernels' checks at warm-up: any tokens will do."""
+    return (i * 7919 + 13) % n_vocab
+
 
 cdef enum SlotState:
     IDLE = 0
@@ -719,6 +727,10 @@ cdef class BatchEngine:
     cdef readonly int n_draft       # most tokens guessed ahead per step; 0: none
     cdef readonly uint64_t n_drafted   # guessed tokens decoded, and how many were right
     cdef readonly uint64_t n_accepted
+    cdef readonly uint64_t n_passes    # llama_decode calls
+    cdef readonly int pass_rows     # generating slots per llama_decode at most
+    cdef readonly bint exact_rows   # a row rounds alike whatever else its step holds
+    cdef bint per_row_attention     # the cache type runs attention row by row
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
                   str kv_type="f16", int n_draft=0, bint exact_weights=False):
@@ -746,7 +758,10 @@ cdef class BatchEngine:
         # cache the attention does the same. warm_up() checks the rest.
         self.n_draft = max(0, min(n_draft, MAX_SEQ_ROWS - 1)) \
             if exact_weights and kv_type != "f16" else 0
-        self.n_drafted = self.n_accepted = 0
+        self.n_drafted = self.n_accepted = self.n_passes = 0
+        self.pass_rows = n_slots
+        self.exact_rows = False
+        self.per_row_attention = kv_type != "f16"
         self.n_swa = llama_model_n_swa(model.ptr)
         self.batch = llama_batch_init(params.n_batch, 0, 1)
         self.slots.resize(n_slots)
@@ -770,51 +785,58 @@ cdef class BatchEngine:
             self.ctx = NULL
 
     def warm_up(self) -> None:
-        """Decodes that let the first request skip graph set-up: one throw-away token,
-        or, where guessing ahead is on, the check that keeps it only if it is exact."""
-        cdef llama_token tok = self.model.bos_token
-        if self.n_draft > 0:
-            if not self._rows_agree():
-                self.n_draft = 0
+        """A first decode, so that the first request skips graph set-up, which is also
+        the check that a row's logits do not depend on the rows beside it in a step
+        (``exact_rows``). Where they do not, busy slots share one pass, a lone request
+        guesses ahead, and a prompt reuses any cached prefix; where they do, slots go
+        ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed."""
+        if self.per_row_attention:
+            self.exact_rows = self._rows_agree()
         else:
-            self.batch.n_tokens = 0
-            _batch_add(&self.batch, tok if tok >= 0 else 0, 0, 0, True)
-            with nogil:
-                llama_decode(self.ctx, self.batch)
-        llama_memory_clear(llama_get_memory(self.ctx), True)
+            self._decode_start()
+        if not self.exact_rows:
+            self.pass_rows = min(self.n_slots, FALLBACK_PASS_ROWS)
+            self.n_draft = 0
+        # the cells' data stay: cells no sequence holds are masked out of attention, and
+        # overwriting the whole cache (590 MB for 8 slots of 4,096 tokens) took 80 ms
+        llama_memory_clear(llama_get_memory(self.ctx), False)
+
+    cdef void _decode_start(self) except *:
+        """A throw-away step of one token."""
+        cdef llama_token tok = self.model.bos_token
+        self.batch.n_tokens = 0
+        _batch_add(&self.batch, tok if tok >= 0 else 0, 0, 0, True)
+        self._decode()
 
     cdef bint _rows_agree(self) except -1:
-        """Whether ``MAX_SEQ_ROWS`` rows of a sequence decoded in one step get the very
+        """Whether ``CHECK_ROWS`` rows of a sequence decoded in one step get the very
         logits that as many one-row steps get. Which kernels llama.cpp's CPU backend
-        picks depends on the machine, so this is measured, not assumed."""
+        picks depends on the machine and on the rows in a step, so this is measured."""
         cdef int n_vocab = self.model.n_vocab
         cdef int lead = 8
-        cdef vector[llama_token] tokens
         cdef vector[float] single
         cdef llama_batch * b = &self.batch
-        for i in range(lead + MAX_SEQ_ROWS):
-            tokens.push_back((i * 7919 + 13) % n_vocab)  # any tokens will do
-        single.resize(<size_t> MAX_SEQ_ROWS * n_vocab)
+        cdef bint same = True
+        single.resize(<size_t> CHECK_ROWS * n_vocab)
         b.n_tokens = 0
         for i in range(lead):
-            _batch_add(b, tokens[i], i, 0, False)
+            _batch_add(b, _probe_token(i, n_vocab), i, 0, False)
         self._decode()
-        for j in range(MAX_SEQ_ROWS):
+        for j in range(CHECK_ROWS):
             b.n_tokens = 0
-            _batch_add(b, tokens[lead + j], lead + j, 0, True)
+            _batch_add(b, _probe_token(lead + j, n_vocab), lead + j, 0, True)
             self._decode()
             memcpy(&single[j * n_vocab], llama_get_logits_ith(self.ctx, 0),
                    n_vocab * sizeof(float))
         llama_memory_seq_rm(llama_get_memory(self.ctx), 0, lead, -1)
         b.n_tokens = 0
-        for j in range(MAX_SEQ_ROWS):
-            _batch_add(b, tokens[lead + j], lead + j, 0, True)
+        for j in range(CHECK_ROWS):
+            _batch_add(b, _probe_token(lead + j, n_vocab), lead + j, 0, True)
         self._decode()
-        for j in range(MAX_SEQ_ROWS):
-            if memcmp(&single[j * n_vocab], llama_get_logits_ith(self.ctx, j),
-                      n_vocab * sizeof(float)) != 0:
-                return False
-        return True
+        for j in range(CHECK_ROWS):
+            same = same and memcmp(&single[j * n_vocab], llama_get_logits_ith(self.ctx, j),
+                                   n_vocab * sizeof(float)) == 0
+        return same
 
     def is_idle(self, int slot) -> bool:
         return self.slots[slot].state == IDLE
@@ -838,16 +860,19 @@ cdef class BatchEngine:
         the rows of consecutive slots together, and a gap between busy slots costs a
         second pass over the weights."""
         cdef size_t n = _common_prefix(s.cached, prompt)
-        n = min(min(n, s.n_read), prompt.size() - 1) if prompt.size() else 0
+        n = min(n, prompt.size() - 1) if prompt.size() else 0
+        if self.exact_rows:
+            return n
+        n = min(n, s.n_read)
         return n - n % self.n_batch
 
     def start(self, int slot, list prompt, dict sampling, list stops, int max_tokens,
-              bint ignore_eos=False, int logprobs=-1) -> int:
+              bint ignore_eos=False, int logprobs=-1, bint reuse=True) -> int:
         """Put a request into an idle slot; its prompt is read by the next steps.
 
         Returns how many prompt tokens were found in the slot's cache and not read
-        again. ``logprobs`` >= 0 asks for each token's log-probability and that many
-        alternatives.
+        again (none if not ``reuse``). ``logprobs`` >= 0 asks for each token's
+        log-probability and that many alternatives.
         """
         cdef Slot * s = &self.slots[slot]
         if s.state != IDLE:
@@ -860,7 +885,7 @@ cdef class BatchEngine:
             llama_sampler_free(s.chain)
             s.chain = NULL
             raise
-        cdef size_t reused = self._reuse_cache(s, slot)
+        cdef size_t reused = self._reuse_cache(s, slot, reuse)
         s.n_prefilled = reused
         s.n_past = reused
         s.batch_row = -1
@@ -879,17 +904,16 @@ cdef class BatchEngine:
         s.state = PREFILL
         return reused
 
-    cdef size_t _reuse_cache(self, Slot * s, int slot):
+    cdef size_t _reuse_cache(self, Slot * s, int slot, bint reuse):
         """Keep the cached prefix the prompt shares; drop the rest of the slot's cache.
 
-        Only cells that were read as prompt are reused (a generated token's cell was
-        computed in a step of at most ``MAX_SEQ_ROWS`` rows), and only up to a multiple
-        of ``n_batch``: the rest is then read in exactly the chunks a cold start would
-        use. Any other cut rounds differently, and the text would depend on the slot's
-        history.
+        With ``exact_rows`` every shared cell is kept, generated ones included: a cell
+        holds the same numbers whether its token was read in a prompt chunk or decoded
+        in a step. Otherwise only cells read as prompt are, up to a multiple of
+        ``n_batch``, so that the rest is read in exactly the chunks a cold start uses.
         """
         cdef llama_memory_t mem = llama_get_memory(self.ctx)
-        cdef size_t n = self._reusable(s, s.prompt)
+        cdef size_t n = self._reusable(s, s.prompt) if reuse else 0
         if n > 0 and self.n_swa > 0 and \
                 llama_memory_seq_pos_min(mem, slot) > max(0, <long> n - self.n_swa):
             n = 0  # the sliding window the rest of the prompt needs has been dropped
@@ -983,10 +1007,13 @@ cdef class BatchEngine:
         string that ended it, if one did. ``logprobs`` lists ``(token, piece, logprob, top)`` for
         the tokens behind ``text``, ``top`` being ``[(token, piece, logprob), ...]``.
 
-        One ``llama_decode`` per ``MAX_PASS_ROWS`` generating slots moves each by a
-        token (a lone one by as many more as its guesses that hold, see
-        ``_add_draft``); another reads the next prompt chunk of one prefilling slot. Keeping the two apart, with
-        chunks cut at multiples of ``n_batch``, makes each request's arithmetic the
+        One ``llama_decode`` per ``pass_rows`` decoding slots (see ``_decodes``) moves
+        each by a token (a lone one by as many more as its guesses that hold, see
+        ``_add_draft``); another reads the next prompt chunk of one prefilling slot
+        (llama.cpp splits a batch whose sequences have unequal row counts into one pass
+        per count anyway). With ``exact_rows`` a row's numbers do not depend on what
+        else its pass holds; without, the two kinds of pass are kept apart and chunks
+        are cut at multiples of ``n_batch``. Either way a request's arithmetic is the
         same whether it runs alone or beside others, so a seed gives the same text
         either way. Raises ``LlamaError`` if llama.cpp fails a batch.
         """
@@ -994,10 +1021,9 @@ cdef class BatchEngine:
         cdef size_t next_slot = 0
         cdef int generating = 0
         for i in range(self.slots.size()):
-            generating += self.slots[i].state == GENERATE
-        # as few passes as the cap allows, as even as can be: 8 rows as 4 + 4 took
-        # 76 ms here, as 7 + 1 88 ms
-        cdef int passes = (generating + MAX_PASS_ROWS - 1) // MAX_PASS_ROWS
+            generating += self._decodes(&self.slots[i])
+        # as few passes as the cap allows, as even as can be (8 rows as 4 + 4, not 7 + 1)
+        cdef int passes = (generating + self.pass_rows - 1) // self.pass_rows
         cdef int per_pass = (generating + passes - 1) // passes if passes else 0
         while next_slot < self.slots.size():
             next_slot = self._fill_decode(next_slot, per_pass, generating == 1)
@@ -1014,15 +1040,23 @@ cdef class BatchEngine:
         cdef int32_t status
         with nogil:
             status = llama_decode(self.ctx, self.batch)
+        self.n_passes += 1
         if status != 0:
             for i in range(self.slots.size()):
                 self.slots[i].batch_row = -1
             raise LlamaError(f"llama_decode failed with status {status}"
                              + (" (no free KV cache cell)" if status == 1 else ""))
 
+    cdef inline bint _decodes(self, Slot * s) noexcept:
+        """Whether the slot has a row in the decode passes: it generates, or (with
+        ``exact_rows``) the last token of its prompt is all it has left to read."""
+        return s.state == GENERATE or (self.exact_rows and s.state == PREFILL
+                                       and s.n_prefilled + 1 == s.prompt.size())
+
     cdef size_t _fill_decode(self, size_t first_slot, int max_slots, bint lone):
-        """A row for each generating slot from ``first_slot`` on, ``max_slots`` at most;
-        a ``lone`` one adds its guess at what follows. Returns the slot to go on from."""
+        """A row for each slot from ``first_slot`` on that ``_decodes``, ``max_slots``
+        at most; a ``lone`` generating one adds its guess at what follows. Returns the
+        slot to go on from."""
         cdef llama_batch * b = &self.batch
         cdef Slot * s
         cdef int taken = 0
@@ -1032,11 +1066,18 @@ cdef class BatchEngine:
         b.n_tokens = 0
         for i in range(first_slot, self.slots.size()):
             s = &self.slots[i]
-            if s.state != GENERATE:
+            if not self._decodes(s):
                 continue
             if taken == max_slots:
                 return i
             taken += 1
+            if s.state == PREFILL:
+                s.batch_row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, i, True)
+                s.cached.push_back(s.prompt[s.n_prefilled])
+                s.n_read += 1
+                s.n_prefilled += 1
+                s.n_past += 1
+                continue
             s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
             s.cached.push_back(s.last_token)
             s.n_past += 1

@@ -52,6 +52,11 @@ def load() -> ModuleType:
     with _lock:
         if _module is None:
             _preload_unpacked()
+            # llama.cpp's tiled K-quant matrix kernel, which it takes from 8 rows on,
+            # rounds a row otherwise than the kernel for fewer rows; without it a row's
+            # logits do not depend on how many rows share its pass (BatchEngine.warm_up
+            # checks), so a seed's text does not depend on other requests
+            os.environ["GGML_CPU_TILED_MM"] = "0"
             from shimmy.engine import _sampler
 
             directory = backend_dir()
