@@ -400,7 +400,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=4096, help="context per slot")
     parser.add_argument("--parallel", type=int, default=8, help="slots")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128, help="tokens for decode speed")
     parser.add_argument("--decode-prompts", type=int, default=4,
                         help="prompts per decode measurement, out of the 16 in PROMPTS")

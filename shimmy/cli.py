@@ -145,6 +145,9 @@ def _serving_options(serve: argparse.ArgumentParser) -> None:
                       help="memory for loaded models' weights and KV caches, e.g. 8GiB or "
                            "75%%; 0: no budget (default 80%% of physical memory; or set "
                            "SHIMMY_MEMORY_BUDGET)")
+    pool.add_argument("--prompt-cache", metavar="SIZE",
+                      help="memory per model for the cached prompts of slots that moved on "
+                           "to other requests, e.g. 1GiB; 0: none (default 256MiB)")
     logs = serve.add_argument_group("logging")
     logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                       help="'info' logs one line per request (default warning)")

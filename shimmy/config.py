@@ -21,6 +21,7 @@ API_KEY_ENV = "SHIMMY_API_KEY"
 POOL_ENV = {"keep_alive": "SHIMMY_KEEP_ALIVE", "max_models": "SHIMMY_MAX_MODELS",
             "memory_budget": "SHIMMY_MEMORY_BUDGET"}
 DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
+DEFAULT_PROMPT_CACHE = 256 * 1024**2  # bytes of slots' cells kept per model by `serve`
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b?|b)?", re.I)
 
 
@@ -54,6 +55,7 @@ class Config:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; math.inf: forever
     max_models: int = DEFAULT_MAX_MODELS  # 0: no limit
     memory_budget: int | None = None  # bytes; None: a fraction of physical memory; 0: none
+    prompt_cache: int = 0  # bytes of replaced slots' cells kept per model (serve: 256 MiB)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -76,6 +78,12 @@ class Config:
     def _serving_args(self, args: argparse.Namespace) -> None:
         if not hasattr(args, "api_key"):
             return  # not ``serve``
+        self.prompt_cache = DEFAULT_PROMPT_CACHE
+        if args.prompt_cache is not None:
+            try:
+                self.prompt_cache = parse_size(args.prompt_cache)
+            except ValueError as exc:
+                raise ConfigError(f"--prompt-cache '{args.prompt_cache}': {exc}") from None
         env_key = os.environ.get(API_KEY_ENV) or None
         self.api_key = args.api_key if args.api_key is not None else env_key
         for hosts in args.allowed_hosts or ():
@@ -144,7 +152,7 @@ class Config:
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type,
-                              draft=self.draft)
+                              draft=self.draft, prompt_cache=self.prompt_cache)
 
     def pool_limits(self) -> PoolLimits:
         budget = self.memory_budget

@@ -9,7 +9,7 @@ UTF-8 completion and stop strings. Python sees one list of finished pieces per s
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdio cimport fflush, fputs, stderr
 from libc.math cimport INFINITY, expf, logf, sqrtf
 from libc.string cimport memcmp, memcpy
@@ -152,6 +152,11 @@ cdef extern from "llama.h" nogil:
     void llama_memory_clear(llama_memory_t mem, cbool data)
     cbool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq, llama_pos p0, llama_pos p1)
     llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq)
+    size_t llama_state_seq_get_size(llama_context * ctx, llama_seq_id seq_id)
+    size_t llama_state_seq_get_data(llama_context * ctx, uint8_t * dst, size_t size,
+                                    llama_seq_id seq_id)
+    size_t llama_state_seq_set_data(llama_context * ctx, const uint8_t * src, size_t size,
+                                    llama_seq_id dest_seq_id)
     float * llama_get_logits_ith(llama_context * ctx, int32_t i)
     float * llama_get_embeddings_seq(llama_context * ctx, llama_seq_id seq)
     float * llama_get_embeddings_ith(llama_context * ctx, int32_t i)
@@ -853,6 +858,55 @@ cdef class BatchEngine:
             if best < 0 or length > best_len:
                 best, best_len = i, length
         return best
+
+    def reusable(self, int slot, list prompt) -> int:
+        """How many of ``prompt``'s tokens the idle slot's cache would save reading."""
+        cdef vector[llama_token] tokens = prompt
+        return self._reusable(&self.slots[slot], tokens)
+
+    def cached(self, int slot) -> list:
+        """The tokens whose cells the slot's cache holds, in order."""
+        return list(self.slots[slot].cached)
+
+    def save_cells(self, int slot) -> bytes:
+        """The idle slot's cells, as llama.cpp serializes a sequence (see
+        ``restore_cells``); empty if it holds none."""
+        cdef Slot * s = &self.slots[slot]
+        if s.state != IDLE:
+            raise LlamaError(f"slot {slot} is busy")
+        if s.cached.empty():
+            return b""
+        cdef size_t size = llama_state_seq_get_size(self.ctx, slot)
+        cdef bytearray out = bytearray(size)
+        cdef uint8_t * dst = out
+        with nogil:
+            size = llama_state_seq_get_data(self.ctx, dst, size, slot)
+        return bytes(out[:size])
+
+    def restore_cells(self, int slot, bytes cells, list tokens) -> bool:
+        """Replace the idle slot's cache by cells from ``save_cells`` holding ``tokens``:
+        exact copies, so a prompt reuses them as if they had been computed here. Only
+        with ``exact_rows``, where reuse goes to the token; False if llama.cpp refused
+        (the slot is then empty)."""
+        cdef Slot * s = &self.slots[slot]
+        cdef const uint8_t * src = cells
+        cdef size_t size = len(cells)
+        cdef size_t read
+        if s.state != IDLE:
+            raise LlamaError(f"slot {slot} is busy")
+        if not self.exact_rows:
+            raise LlamaError("cells are restored only where rows round alike in any step")
+        llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
+        s.cached.clear()
+        s.n_read = 0
+        with nogil:
+            read = llama_state_seq_set_data(self.ctx, src, size, slot)
+        if read == 0:
+            llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
+            return False
+        s.cached = tokens
+        s.n_read = s.cached.size()
+        return True
 
     cdef size_t _reusable(self, Slot * s, const vector[llama_token] & prompt) noexcept:
         """How many of ``prompt``'s tokens the slot's cache can save reading (see

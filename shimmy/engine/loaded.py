@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shimmy.engine import native
+from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
 from shimmy.errors import invalid_request
 from shimmy.models.chat_template import ChatTemplate, template_for
@@ -40,6 +41,7 @@ class EngineSettings:
     use_mmap: bool = True
     kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
     draft: int = 3  # tokens guessed ahead per step (bf16 and q8_0 caches only)
+    prompt_cache: int = 0  # bytes of replaced slots' cells kept in memory (see PromptCache)
 
 
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
@@ -85,7 +87,9 @@ class LoadedModel:
                                               settings.kv_type, settings.draft,
                                               exact_weights(info, loras))
             self.engine.warm_up()
-            self.scheduler = Scheduler(self.engine, name)
+            cells = PromptCache(settings.prompt_cache) \
+                if settings.prompt_cache > 0 and self.engine.exact_rows else None
+            self.scheduler = Scheduler(self.engine, name, cells)
         self._embed_lock = threading.Lock()
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started

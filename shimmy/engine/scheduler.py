@@ -18,7 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shimmy.engine.prompt_cache import PromptCache
+
 log = logging.getLogger("shimmy.engine")
+# tokens a prompt must gain by cells restored from the prompt cache: fewer are read
+# faster than the cells are copied in, for long entries
+MIN_RESTORED_TOKENS = 8
 
 
 @dataclass(slots=True)
@@ -126,9 +131,10 @@ class Generation:
 class Scheduler:
     """Owns a ``BatchEngine``; only its thread touches it."""
 
-    def __init__(self, engine: Any, name: str) -> None:
+    def __init__(self, engine: Any, name: str, prompt_cache: PromptCache | None = None) -> None:
         self.engine = engine
         self.name = name
+        self.prompt_cache = prompt_cache
         self._queue: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
@@ -201,6 +207,8 @@ class Scheduler:
             if free < 0:
                 return
             self._queue.popleft()
+            if self.prompt_cache is not None and head.reuse_cache:
+                self._swap_cells(free, head.prompt)
             sampling = dataclasses.asdict(head.sampling)
             try:
                 head.cached_tokens = self.engine.start(
@@ -210,6 +218,22 @@ class Scheduler:
                 _call_soon(head._loop, head._fail, str(exc))
                 continue
             self._slots[free] = head
+
+    def _swap_cells(self, slot: int, prompt: list[int]) -> None:
+        """Before a request takes the idle ``slot``: keep the cells it would lose in the
+        prompt cache, and fill the slot from the cache where that saves more reading."""
+        cache = self.prompt_cache
+        assert cache is not None
+        kept = self.engine.reusable(slot, prompt)
+        held = self.engine.cached(slot)
+        found = cache.best(prompt)
+        gain = min(found[1], len(prompt) - 1) - kept if found else 0
+        if len(held) > kept and tuple(held) not in cache:
+            cache.put(held, self.engine.save_cells(slot))
+        if found and gain >= MIN_RESTORED_TOKENS:
+            entry = found[0]
+            if not self.engine.restore_cells(slot, entry.cells, list(entry.tokens)):
+                log.warning("llama.cpp refused cached cells for slot %d", slot)
 
     def _drop_cancelled(self) -> None:
         for index, generation in enumerate(self._slots):

@@ -1,0 +1,111 @@
+"""Replaced slots' cells kept in memory (``--prompt-cache``): the cache's bookkeeping,
+exact copies through llama.cpp, and a served prompt read from memory after its slot
+moved on."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clients import request_json
+from conftest import ShimmyProcess, isolated_env
+
+from shimmy.engine.prompt_cache import PromptCache
+
+SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 5}
+WORDS = ["river", "mountain", "ocean", "forest", "desert", "city", "village", "garden"]
+
+
+def test_best_is_the_longest_shared_prefix_and_counts_as_used() -> None:
+    cache = PromptCache(100)
+    cache.put([1, 2, 3, 4], b"a" * 10)
+    cache.put([1, 2, 9], b"b" * 10)
+    entry, shared = cache.best([1, 2, 3, 7])
+    assert (entry.tokens, entry.cells, shared) == ((1, 2, 3, 4), b"a" * 10, 3)
+    assert cache.best([5, 6]) is None
+    cache.put([8], b"c" * 85)  # over the cap: the least recently used entry goes
+    assert (1, 2, 9) not in cache and (1, 2, 3, 4) in cache and cache.size == 95
+
+
+def test_an_entry_replaces_those_it_extends_and_oversized_ones_are_not_kept() -> None:
+    cache = PromptCache(100)
+    cache.put([1, 2], b"x" * 10)
+    cache.put([1, 2, 3], b"y" * 20)
+    assert len(cache) == 1 and cache.size == 20
+    cache.put([4], b"z" * 101)
+    assert (4,) not in cache and cache.size == 20
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> Any:
+    from shimmy.engine import native
+
+    return native.load().Model(str(model_path), 0, True, [])
+
+
+def prompt(model: Any, seed: int, n_words: int) -> list[int]:
+    rng = random.Random(seed)
+    return model.tokenize(" ".join(rng.choice(WORDS) for _ in range(n_words)), True, False)
+
+
+def generate(eng: Any, slot: int, tokens: list[int]) -> tuple[int, list[tuple[int, float]]]:
+    """Cached tokens reused, and each generated token with its log-probability."""
+    reused = eng.start(slot, tokens, SAMPLING, [], 12, True, 0)
+    trace: list[tuple[int, float]] = []
+    while not eng.is_idle(slot):
+        for _slot, _text, _finish, _n, logprobs, _stop in eng.step():
+            trace.extend((entry[0], entry[2]) for entry in logprobs or ())
+    return reused, trace
+
+
+def test_restored_cells_serve_a_prompt_as_computed_ones(model: Any) -> None:
+    from shimmy.engine import native
+
+    eng = native.load().BatchEngine(model, 512, 2, 2, 64, "bf16", 3, True)
+    eng.warm_up()
+    tokens = prompt(model, 1, 150)
+    _, cold = generate(eng, 0, tokens)
+    cells, held = eng.save_cells(0), eng.cached(0)
+    assert cells and held[:len(tokens)] == tokens and len(held) == len(tokens) + 11
+    assert eng.restore_cells(1, cells, held)
+    assert eng.cached(1) == held
+    reused, warm = generate(eng, 1, tokens)
+    assert reused == len(tokens) - 1
+    assert warm == cold
+
+
+def test_cells_are_not_restored_where_rows_round_otherwise(model: Any) -> None:
+    from shimmy.engine import native
+
+    eng = native.load().BatchEngine(model, 512, 1, 2, 64, "f16", 0, True)
+    eng.warm_up()
+    assert not eng.exact_rows
+    with pytest.raises(native.load().LlamaError, match="round alike"):
+        eng.restore_cells(0, b"cells", [1, 2])
+
+
+@pytest.mark.parametrize("prompt_cache", ["256MiB", "0"])
+def test_a_prompt_is_read_from_memory_after_its_slot_moved_on(
+        model_path: Path, tmp_path: Path, prompt_cache: str) -> None:
+    process = ShimmyProcess(["--model-path", str(model_path), "--parallel", "1",
+                             "--prompt-cache", prompt_cache], isolated_env(tmp_path), tmp_path)
+    try:
+        rng = random.Random(3)
+        first, other = (" ".join(rng.choice(WORDS) for _ in range(200)) for _ in range(2))
+        answers = []
+        for text in (first, other, first):  # the one slot serves another prompt between
+            status, body = request_json(process.port, "POST", "/v1/completions",
+                                        {"prompt": text, "max_tokens": 8, "temperature": 0})
+            assert status == 200, body
+            answers.append(body)
+        usage = answers[2]["usage"]
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        if prompt_cache == "0":
+            assert cached < 8
+        else:
+            assert cached == usage["prompt_tokens"] - 1
+        assert answers[2]["choices"][0]["text"] == answers[0]["choices"][0]["text"]
+    finally:
+        process.stop()
