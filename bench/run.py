@@ -213,10 +213,11 @@ def measure_all(chosen: list[Server], args: argparse.Namespace,
     for _ in range(args.repeats):
         seed = rng.random()
         take_turns(lambda server, seed=seed: single_stream(server, random.Random(seed), args))
-    for clients in args.clients:
-        seed = rng.random()
-        take_turns(lambda server, n=clients, seed=seed: under_load(server, n, args,
-                                                                   random.Random(seed)))
+    for _ in range(args.load_repeats):
+        for clients in args.clients:
+            seed = rng.random()
+            take_turns(lambda server, n=clients, seed=seed: under_load(server, n, args,
+                                                                       random.Random(seed)))
     seed = rng.random()
     take_turns(lambda server: multi_turn(server, random.Random(seed)))
     results = {}
@@ -400,7 +401,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=4096, help="context per slot")
     parser.add_argument("--parallel", type=int, default=8, help="slots")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="single-stream repeats")
+    parser.add_argument("--load-repeats", type=int, default=3,
+                        help="repeats of each concurrent-client measurement")
     parser.add_argument("--tokens", type=int, default=128, help="tokens for decode speed")
     parser.add_argument("--decode-prompts", type=int, default=4,
                         help="prompts per decode measurement, out of the 16 in PROMPTS")
