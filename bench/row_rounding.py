@@ -2,17 +2,21 @@
 
     .venv/bin/python bench/row_rounding.py --kv-type f16 --rows 2 4
     .venv/bin/python bench/row_rounding.py --kv-type bf16 --rows 2 4 8 --at 2:140:3
+    .venv/bin/python bench/row_rounding.py --kv-type bf16 --rows 8 --tiled-kernel
 
 Straight through llama.cpp's C API (llama-cpp-python's bindings), with the context
 settings shimmy's engine uses. For each prompt length m, two fresh contexts read the same
 m tokens; one decodes token m alone, the other as the first of R rows; the logits are
 compared bit for bit. Prints one mark per position: ``=`` identical, ``X`` different.
-Guessing ahead (``--draft``) is exact only where every mark is ``=``.
+Guessing ahead (``--draft``) is exact only where every mark is ``=``. ``--tiled-kernel``
+turns llama.cpp's tiled K-quant kernel back on (shimmy turns it off; it takes over from 8
+rows on).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +36,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kv-type", choices=KV_TYPES, default="bf16")
     parser.add_argument("--rows", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--at", default="2:140:3", help="prompt lengths, START:STOP:STEP")
+    parser.add_argument("--tiled-kernel", action="store_true",
+                        help="llama.cpp's tiled K-quant kernel on, as llama.cpp has it")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import llama_cpp as llama
@@ -40,6 +46,8 @@ def main(argv: list[str]) -> int:
     from shimmy.models.embedded import embedded_model_path
 
     native.load()  # loads the CPU backend the bindings' library uses
+    if args.tiled_kernel:  # native.load() set it to 0; llama.cpp reads it at first use
+        os.environ["GGML_CPU_TILED_MM"] = "1"
     params = llama.llama_model_default_params()
     params.use_extra_bufts = False  # as shimmy loads weights on AMX builds
     model = llama.llama_model_load_from_file(str(embedded_model_path()).encode(), params)

@@ -1,0 +1,108 @@
+"""llama.cpp's tiled K-quant matrix kernel on and off, in alternating processes.
+
+    .venv/bin/python bench/tiled_ab.py            # 4 rounds
+    .venv/bin/python bench/tiled_ab.py --rounds 2
+
+llama.cpp 0.3.36 multiplies K-quant weights by a tiled kernel from 8 rows on
+(``GGML_CPU_TILED_MM``, on by default); shimmy turns it off so that a row rounds alike in
+any step (docs/ARCHITECTURE.md). This times what that costs, straight through llama.cpp's
+C API with the engine's context settings (bf16 cache, flash attention, a stream per
+sequence, 2 threads): one pass of 8 one-row sequences, the same rows as 4 + 4, a
+12-token prompt and a 1,000-token prompt (in 64-token chunks). Each round runs one
+process per setting, so the machine's drift hits both alike; prints medians per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ("The history of the city begins in the twelfth century, when a small group of "
+        "merchants settled on the river bank and built a market. ")
+
+
+def measure(tiled: str) -> str:
+    sys.path.insert(0, str(ROOT))
+    import llama_cpp as llama
+
+    from shimmy.engine import native
+    from shimmy.models.embedded import embedded_model_path
+
+    native.load()  # which sets GGML_CPU_TILED_MM=0; llama.cpp reads it at its first product
+    os.environ["GGML_CPU_TILED_MM"] = tiled
+    params = llama.llama_model_default_params()
+    params.use_extra_bufts = False
+    model = llama.llama_model_load_from_file(str(embedded_model_path()).encode(), params)
+    vocab = llama.llama_model_get_vocab(model)
+    data = (TEXT * 60).encode()
+    buffer = (llama.llama_token * 8192)()
+    tokens = list(buffer[:llama.llama_tokenize(vocab, data, len(data), buffer, 8192, True,
+                                               False)])
+    batch = llama.llama_batch_init(64, 0, 1)
+    cp = llama.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 8 * 2048, 64, 64, 8
+    cp.kv_unified, cp.swa_full = False, True
+    cp.type_k = cp.type_v = 30  # bf16
+    cp.flash_attn_type = 1
+    cp.n_threads = cp.n_threads_batch = 2
+    ctx = llama.llama_init_from_model(model, cp)
+    mem = llama.llama_get_memory(ctx)
+
+    def decode(rows: list[tuple[int, int, int]], logits: bool = True) -> float:
+        batch.n_tokens = len(rows)
+        for i, (token, pos, seq) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        started = time.perf_counter()
+        if llama.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return (time.perf_counter() - started) * 1000
+
+    def prompt_ms(length: int) -> float:
+        llama.llama_memory_clear(mem, False)
+        return sum(decode([(tokens[i], i, 0) for i in range(start, min(start + 64, length))],
+                          False) for start in range(0, length, 64))
+
+    long_prompt = statistics.median(prompt_ms(1000) for _ in range(3))
+    short_prompt = statistics.median(prompt_ms(12) for _ in range(10))
+    llama.llama_memory_clear(mem, False)
+    for seq in range(8):
+        decode([(tokens[seq * 16 + i], i, seq) for i in range(16)], False)
+    one_pass = [decode([(tokens[200 + k + seq], 16 + k, seq) for seq in range(8)])
+                for k in range(40)]
+    for seq in range(8):
+        llama.llama_memory_seq_rm(mem, seq, 16, -1)
+    two_passes = [decode([(tokens[300 + k + seq], 16 + k, seq) for seq in range(4)])
+                  + decode([(tokens[300 + k + seq], 16 + k, seq) for seq in range(4, 8)])
+                  for k in range(40)]
+    return (f"tiled {'on ' if tiled == '1' else 'off'}: 8 rows in one pass "
+            f"{statistics.median(one_pass):.1f} ms, as 4 + 4 {statistics.median(two_passes):.1f}"
+            f" ms, 12-token prompt {short_prompt:.1f} ms, 1,000-token prompt "
+            f"{long_prompt:.0f} ms")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--child", choices=["0", "1"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(measure(args.child), flush=True)
+        return 0
+    for _ in range(args.rounds):
+        for tiled in ("1", "0"):
+            child = subprocess.run([sys.executable, __file__, "--child", tiled],
+                                   capture_output=True, text=True, check=True)
+            print(child.stdout.strip().splitlines()[-1], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
