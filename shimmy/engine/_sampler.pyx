@@ -795,9 +795,9 @@ cdef class BatchEngine:
         (``exact_rows``). Where they do not, busy slots share one pass, a lone request
         guesses ahead, and a prompt reuses any cached prefix; where they do, slots go
         ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed."""
-        if self.per_row_attention:
+        if self.per_row_attention and self.n_ctx >= 2 * CHECK_ROWS:
             self.exact_rows = self._rows_agree()
-        else:
+        else:  # f16's plain attention fails the check; a context too small cannot run it
             self._decode_start()
         if not self.exact_rows:
             self.pass_rows = min(self.n_slots, FALLBACK_PASS_ROWS)
@@ -818,7 +818,7 @@ cdef class BatchEngine:
         logits that as many one-row steps get. Which kernels llama.cpp's CPU backend
         picks depends on the machine and on the rows in a step, so this is measured."""
         cdef int n_vocab = self.model.n_vocab
-        cdef int lead = 8
+        cdef int lead = CHECK_ROWS
         cdef vector[float] single
         cdef llama_batch * b = &self.batch
         cdef bint same = True
