@@ -37,7 +37,7 @@ class EngineSettings:
     parallel: int = 4
     threads: int = 2
     gpu_layers: int = 0
-    batch: int = 64  # prompt chunk; also the unit in which cached prefixes are reused
+    batch: int = 64  # prompt chunk; without exact_rows, also the unit of prefix reuse
     use_mmap: bool = True
     kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
     draft: int = 3  # tokens guessed ahead per step (bf16 and q8_0 caches only)

@@ -48,8 +48,9 @@ class PromptCache:
         if none shares a token. The entry counts as just used."""
         found: Entry | None = None
         longest = 0
+        wanted = tuple(prompt)
         for entry in self._entries.values():
-            shared = _common_prefix(entry.tokens, prompt)
+            shared = _common_prefix(entry.tokens, wanted)
             if shared > longest:
                 found, longest = entry, shared
         if found is None:
@@ -61,14 +62,14 @@ class PromptCache:
         self.size -= len(self._entries.pop(key).cells)
 
 
-def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     n = min(len(a), len(b))
-    if a[:n] == tuple(b[:n]):
+    if a[:n] == b[:n]:
         return n
     low, high = 0, n  # a[:low] matches, a[:high] does not: bisect the first difference
     while high - low > 1:
         middle = (low + high) // 2
-        if a[:middle] == tuple(b[:middle]):
+        if a[:middle] == b[:middle]:
             low = middle
         else:
             high = middle

@@ -225,12 +225,14 @@ class Scheduler:
         cache = self.prompt_cache
         assert cache is not None
         kept = self.engine.reusable(slot, prompt)
-        held = self.engine.cached(slot)
+        if self.engine.cached_tokens(slot) > kept:
+            held = self.engine.cached(slot)
+            if tuple(held) not in cache:
+                cache.put(held, self.engine.save_cells(slot))
+        if len(prompt) - 1 - kept < MIN_RESTORED_TOKENS:
+            return  # no copy could save enough: the slot already holds nearly all of it
         found = cache.best(prompt)
-        gain = min(found[1], len(prompt) - 1) - kept if found else 0
-        if len(held) > kept and tuple(held) not in cache:
-            cache.put(held, self.engine.save_cells(slot))
-        if found and gain >= MIN_RESTORED_TOKENS:
+        if found and min(found[1], len(prompt) - 1) - kept >= MIN_RESTORED_TOKENS:
             entry = found[0]
             if not self.engine.restore_cells(slot, entry.cells, list(entry.tokens)):
                 log.warning("llama.cpp refused cached cells for slot %d", slot)
