@@ -113,6 +113,42 @@ def test_a_repeated_prompt_reads_one_token_beside_a_decoding_request(engine: Any
     assert traces[1] == company_alone
 
 
+def test_a_step_is_one_pass_with_a_prompt_read_and_an_idle_slot_between(engine: Any) -> None:
+    """Where a row rounds alike in any step, a step is one ``llama_decode``: a cold prompt
+    is read in the same batch as the decoding slots' rows, and an idle slot between busy
+    ones gets a throw-away row (llama.cpp would split the batch at the gap). The idle
+    slot's cells stay as they were: its prompt is then reused but for its last token, and
+    every text is what it is alone."""
+    model, eng = engine
+    held, reader, decoder = prompt(model, 14, 40), prompt(model, 15, 90), prompt(model, 16, 20)
+    held_alone = run(eng, {1: (held, 0)})[1]  # slot 1 keeps these cells, then idles
+    reader_alone = run(eng, {2: (reader, 0)})[2]
+    decoder_alone = run(eng, {0: (decoder, 0)})[0]
+    eng.start(0, decoder, dict(SAMPLING, seed=len(decoder)), [], MAX_TOKENS, True, 0,
+              False)
+    traces: dict[int, Trace] = {0: [], 1: [], 2: []}
+    fillers = eng.n_filler_rows
+    step = 0
+    while len(traces[0]) < MAX_TOKENS or len(traces[2]) < MAX_TOKENS:
+        if step == 1:  # cold, in chunks of 64 tokens, while slot 0 decodes
+            eng.start(2, reader, dict(SAMPLING, seed=len(reader)), [], MAX_TOKENS, True, 0,
+                      False)
+        passes = eng.n_passes
+        for slot, _text, _finish, _n, logprobs, _stop in eng.step():
+            traces[slot].extend((entry[0], entry[2]) for entry in logprobs or ())
+        assert eng.n_passes - passes == 1 or not eng.exact_rows
+        step += 1
+    assert traces[0] == decoder_alone
+    assert traces[2] == reader_alone
+    assert (eng.n_filler_rows > fillers) == eng.exact_rows
+    reused = eng.start(1, held, dict(SAMPLING, seed=len(held)), [], MAX_TOKENS, True, 0)
+    assert reused == (len(held) - 1 if eng.exact_rows else 0)
+    while len(traces[1]) < MAX_TOKENS:
+        for slot, _text, _finish, _n, logprobs, _stop in eng.step():
+            traces[slot].extend((entry[0], entry[2]) for entry in logprobs or ())
+    assert traces[1] == held_alone
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_top_k_shortcut_picks_what_the_whole_chain_picks(engine: Any, temperature: float) -> None:
     """Without bias or penalties only the top-k logits reach the chain; a zero logit bias

@@ -152,6 +152,7 @@ cdef extern from "llama.h" nogil:
     void llama_memory_clear(llama_memory_t mem, cbool data)
     cbool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq, llama_pos p0, llama_pos p1)
     llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq)
+    llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq)
     size_t llama_state_seq_get_size(llama_context * ctx, llama_seq_id seq_id)
     size_t llama_state_seq_get_data(llama_context * ctx, uint8_t * dst, size_t size,
                                     llama_seq_id seq_id)
@@ -252,6 +253,33 @@ cdef extern from *:
     }
     """
     void shimmy_cpu_variant(char * out)
+
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__) && defined(__GNUC__)
+    #include <emmintrin.h>
+    #endif
+    /* The first index from i on whose value is above floor, or n: what a scalar loop with
+       `x[i] > floor` finds (NaNs never are), 16 values at a time where SSE2 is there. */
+    static int shimmy_next_above(const float * x, int i, int n, float floor) {
+    #if defined(__SSE2__) && defined(__GNUC__)
+        const __m128 f = _mm_set1_ps(floor);
+        for (; i + 16 <= n; i += 16) {
+            int hits = _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + i), f))
+                | _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + i + 4), f)) << 4
+                | _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + i + 8), f)) << 8
+                | _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + i + 12), f)) << 12;
+            if (hits) return i + __builtin_ctz(hits);
+        }
+    #endif
+        for (; i < n; i++) {
+            if (x[i] > floor) return i;
+        }
+        return n;
+    }
+    """
+    int shimmy_next_above(const float * x, int i, int n, float floor) noexcept nogil
 
 
 class LlamaError(RuntimeError):
@@ -592,6 +620,9 @@ cdef enum:
     # generating slots per llama_decode where that check fails (the most measured to
     # round like one row on this machine, with the tiled kernel on)
     FALLBACK_PASS_ROWS = 7
+    # idle slots between busy ones that get a throw-away row each to keep a step in one
+    # pass (a row without logits costs a fraction of the second pass a gap causes)
+    MAX_FILLER_ROWS = 3
 
 
 cdef inline llama_token _probe_token(int i, int n_vocab) noexcept nogil:
@@ -623,6 +654,7 @@ cdef struct Slot:
     vector[llama_token] drafted # guessed continuation of last_token, decoded beside it
     int32_t draft_room          # how many tokens to guess next: grows while guesses hold
     int32_t batch_row           # row of this slot's logits in the current batch, -1 if none
+    llama_pos filler_at         # where an idle slot's throw-away row went this step; -1: none
     int32_t max_tokens
     int32_t n_generated
     int32_t n_probs             # -1: no log-probabilities; else how many alternatives
@@ -668,13 +700,12 @@ cdef void _top_logits(const float * logits, int n_vocab, llama_token_data * out,
         out[i].p = 0.0
     for i in range(k // 2 - 1, -1, -1):
         _sift_down(out, k, i)
-    cdef float worst_kept = out[0].logit  # a local: the compiler cannot tell out from logits
-    for i in range(k, n_vocab):
-        if logits[i] > worst_kept:
-            out[0].id = i
-            out[0].logit = logits[i]
-            _sift_down(out, k, 0)
-            worst_kept = out[0].logit
+    i = shimmy_next_above(logits, k, n_vocab, out[0].logit)
+    while i < n_vocab:
+        out[0].id = i
+        out[0].logit = logits[i]
+        _sift_down(out, k, 0)
+        i = shimmy_next_above(logits, i + 1, n_vocab, out[0].logit)
     cdef llama_token_data last
     for i in range(k - 1, 0, -1):  # heap sort: each step moves the worst left to the end
         last = out[i]
@@ -733,6 +764,7 @@ cdef class BatchEngine:
     cdef readonly uint64_t n_drafted   # guessed tokens decoded, and how many were right
     cdef readonly uint64_t n_accepted
     cdef readonly uint64_t n_passes    # llama_decode calls
+    cdef readonly uint64_t n_filler_rows  # throw-away rows of idle slots (_add_filler)
     cdef readonly int pass_rows     # generating slots per llama_decode at most
     cdef readonly bint exact_rows   # a row rounds alike whatever else its step holds
     cdef bint per_row_attention     # the cache type runs attention row by row
@@ -742,8 +774,9 @@ cdef class BatchEngine:
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots
-        params.n_batch = max(n_batch, n_slots)
-        params.n_ubatch = params.n_batch
+        params.n_ubatch = max(n_batch, n_slots)
+        # with exact_rows a step is one batch: every slot's rows and a prompt chunk
+        params.n_batch = params.n_ubatch + n_slots + MAX_SEQ_ROWS
         params.n_seq_max = n_slots
         params.kv_unified = False
         _set_kv_type(&params, kv_type)
@@ -763,7 +796,7 @@ cdef class BatchEngine:
         # cache the attention does the same. warm_up() checks the rest.
         self.n_draft = max(0, min(n_draft, MAX_SEQ_ROWS - 1)) \
             if exact_weights and kv_type != "f16" else 0
-        self.n_drafted = self.n_accepted = self.n_passes = 0
+        self.n_drafted = self.n_accepted = self.n_passes = self.n_filler_rows = 0
         self.pass_rows = n_slots
         self.exact_rows = False
         self.per_row_attention = kv_type != "f16"
@@ -775,6 +808,7 @@ cdef class BatchEngine:
             self.slots[i].chain = NULL
             self.slots[i].grammar = NULL
             self.slots[i].n_read = 0
+            self.slots[i].filler_at = -1
 
     def __dealloc__(self):
         for i in range(self.slots.size()):
@@ -1061,17 +1095,24 @@ cdef class BatchEngine:
         string that ended it, if one did. ``logprobs`` lists ``(token, piece, logprob, top)`` for
         the tokens behind ``text``, ``top`` being ``[(token, piece, logprob), ...]``.
 
-        One ``llama_decode`` per ``pass_rows`` decoding slots (see ``_decodes``) moves
-        each by a token (a lone one by as many more as its guesses that hold, see
-        ``_add_draft``); another reads the next prompt chunk of one prefilling slot
-        (llama.cpp splits a batch whose sequences have unequal row counts into one pass
-        per count anyway). With ``exact_rows`` a row's numbers do not depend on what
-        else its pass holds; without, the two kinds of pass are kept apart and chunks
-        are cut at multiples of ``n_batch``. Either way a request's arithmetic is the
-        same whether it runs alone or beside others, so a seed gives the same text
-        either way. Raises ``LlamaError`` if llama.cpp fails a batch.
+        Each decoding slot (see ``_decodes``) moves by a token (a lone one by as many more
+        as its guesses that hold, see ``_add_draft``), and one prefilling slot reads its
+        next prompt chunk. With ``exact_rows`` a row's numbers do not depend on what else
+        its pass holds, and all of it is one ``llama_decode`` (``_fill_step``). Without,
+        one ``llama_decode`` per ``pass_rows`` decoding slots, another for the chunk,
+        and chunks are cut at multiples of ``n_batch``. Either way a request's
+        arithmetic is the same whether it runs alone or beside others, so a seed gives
+        the same text either way. Raises ``LlamaError`` if llama.cpp fails a batch.
         """
         events = []
+        if self.exact_rows:
+            if self._fill_step():
+                try:
+                    self._decode()
+                finally:
+                    self._drop_fillers()
+                events.extend(self._sample_all())
+            return events
         cdef size_t next_slot = 0
         cdef int generating = 0
         for i in range(self.slots.size()):
@@ -1125,19 +1166,101 @@ cdef class BatchEngine:
             if taken == max_slots:
                 return i
             taken += 1
-            if s.state == PREFILL:
-                s.batch_row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, i, True)
-                s.cached.push_back(s.prompt[s.n_prefilled])
-                s.n_read += 1
-                s.n_prefilled += 1
-                s.n_past += 1
-                continue
-            s.batch_row = _batch_add(b, s.last_token, s.n_past, i, True)
-            s.cached.push_back(s.last_token)
-            s.n_past += 1
-            if lone:
-                self._add_draft(b, s, i)
+            self._add_row(b, s, i, lone)
         return self.slots.size()
+
+    cdef void _add_row(self, llama_batch * b, Slot * s, int seq, bint lone) noexcept:
+        """The row of a slot that ``_decodes``, and a ``lone`` one's guesses after it."""
+        if s.state == PREFILL:
+            s.batch_row = self._add_prompt_tokens(b, s, seq, 1)
+            return
+        s.batch_row = _batch_add(b, s.last_token, s.n_past, seq, True)
+        s.cached.push_back(s.last_token)
+        s.n_past += 1
+        if lone:
+            self._add_draft(b, s, seq)
+
+    cdef int32_t _add_prompt_tokens(self, llama_batch * b, Slot * s, int seq,
+                                    size_t count) noexcept:
+        """The slot's next ``count`` prompt tokens; the row of the last prompt token if
+        it is among them (its logits are asked for), else -1."""
+        cdef int32_t row = -1
+        cdef size_t end = s.n_prefilled + count
+        cdef bint last
+        while s.n_prefilled < end:
+            last = s.n_prefilled + 1 == s.prompt.size()
+            row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, seq, last)
+            s.cached.push_back(s.prompt[s.n_prefilled])
+            s.n_read += 1
+            s.n_prefilled += 1
+            s.n_past += 1
+        return row if s.n_prefilled == s.prompt.size() else -1
+
+    cdef size_t _chunk_len(self, Slot * s) noexcept:
+        """The prompt tokens of the slot's next chunk: up to the next multiple of
+        ``n_batch``, wherever the reused prefix ended."""
+        return min(s.prompt.size(), (s.n_prefilled // self.n_batch + 1) * self.n_batch) \
+            - s.n_prefilled
+
+    cdef int _fill_step(self) except -1:
+        """The whole step as one batch, for ``exact_rows``: the row of each slot that
+        ``_decodes`` (``_add_row``), the next chunk of the first slot that reads its
+        prompt, and for each slot between those, the next prompt token of one waiting to
+        read, or a throw-away row of an idle one (``_add_filler``). Returns its rows.
+
+        Over a stream per sequence, llama.cpp splits a batch into passes of consecutive
+        sequences with a row each (then two, ...) and the rest of the chunk into
+        another: a gap between busy slots, or a reading slot left out, costs a pass.
+        """
+        cdef llama_batch * b = &self.batch
+        cdef Slot * s
+        cdef int reader = -1, first = -1, last = -1, decoding = 0, idle = 0
+        cdef int n = <int> self.slots.size()
+        b.n_tokens = 0
+        for i in range(n):
+            s = &self.slots[i]
+            s.batch_row = -1
+            if self._decodes(s):
+                decoding += 1
+            elif s.state == PREFILL and reader < 0:
+                reader = i
+            else:
+                continue
+            if first < 0:
+                first = i
+            last = i
+        if first < 0:
+            return 0
+        for i in range(first, last + 1):
+            idle += self.slots[i].state == IDLE
+        for i in range(first, last + 1):
+            s = &self.slots[i]
+            if self._decodes(s):
+                self._add_row(b, s, i, decoding == 1)
+            elif i == reader:
+                s.batch_row = self._add_prompt_tokens(b, s, i, self._chunk_len(s))
+            elif s.state == PREFILL:
+                self._add_prompt_tokens(b, s, i, 1)
+            elif idle <= MAX_FILLER_ROWS:
+                self._add_filler(b, s, i)
+        return b.n_tokens
+
+    cdef void _add_filler(self, llama_batch * b, Slot * s, int seq) noexcept:
+        """A row without logits after the idle slot's cells, removed after the step
+        (``_drop_fillers``). Only where it cannot push a cell out of the sliding window:
+        a request may still reuse the slot's cells."""
+        cdef llama_pos at = llama_memory_seq_pos_max(llama_get_memory(self.ctx), seq) + 1
+        if at >= self.n_ctx or (self.n_swa > 0 and at >= self.n_swa):
+            return
+        s.filler_at = at
+        self.n_filler_rows += 1
+        _batch_add(b, s.cached.back() if s.cached.size() else 0, at, seq, False)
+
+    cdef void _drop_fillers(self) noexcept:
+        for i in range(self.slots.size()):
+            if self.slots[i].filler_at >= 0:
+                llama_memory_seq_rm(llama_get_memory(self.ctx), i, self.slots[i].filler_at, -1)
+                self.slots[i].filler_at = -1
 
     cdef void _add_draft(self, llama_batch * b, Slot * s, int seq) noexcept:
         """Guess the slot's next tokens from its own history and decode them after
@@ -1168,8 +1291,6 @@ cdef class BatchEngine:
         or -1 if none is reading."""
         cdef llama_batch * b = &self.batch
         cdef Slot * s
-        cdef int32_t row = -1
-        cdef size_t end
         b.n_tokens = 0
         for i in range(self.slots.size()):
             self.slots[i].batch_row = -1
@@ -1177,17 +1298,7 @@ cdef class BatchEngine:
             s = &self.slots[i]
             if s.state != PREFILL:
                 continue
-            # cut at multiples of n_batch, wherever the reused prefix ended
-            end = min(s.prompt.size(), (s.n_prefilled // self.n_batch + 1) * self.n_batch)
-            while s.n_prefilled < end:
-                row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, i,
-                                 s.n_prefilled + 1 == s.prompt.size())
-                s.cached.push_back(s.prompt[s.n_prefilled])
-                s.n_read += 1
-                s.n_prefilled += 1
-                s.n_past += 1
-            if s.n_prefilled == s.prompt.size():
-                s.batch_row = row
+            s.batch_row = self._add_prompt_tokens(b, s, i, self._chunk_len(s))
             return i
         return -1
 
@@ -1274,13 +1385,12 @@ cdef class BatchEngine:
         cdef int n_vocab = llama_vocab_n_tokens(self.model.vocab)
         cdef llama_token_data_array best
         cdef llama_token token = 0
-        cdef float peak = logits[0]
         cdef int t
-        if s.shortcut == 0:
-            for t in range(1, n_vocab):
-                if logits[t] > peak:
-                    peak = logits[t]
-                    token = t
+        if s.shortcut == 0:  # the first best logit
+            t = shimmy_next_above(logits, 1, n_vocab, logits[0])
+            while t < n_vocab:
+                token = t
+                t = shimmy_next_above(logits, t + 1, n_vocab, logits[t])
         else:
             self.candidates.resize(s.shortcut)
             _top_logits(logits, n_vocab, self.candidates.data(), s.shortcut)
