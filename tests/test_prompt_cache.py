@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import request_json
+from clients import request_json, sse_events
 from conftest import ShimmyProcess, isolated_env
 
 from shimmy.engine.prompt_cache import PromptCache
@@ -76,6 +76,33 @@ def test_restored_cells_serve_a_prompt_as_computed_ones(model: Any) -> None:
     assert warm == cold
 
 
+def test_a_busy_slots_cells_serve_another_slot_as_computed_ones(model: Any) -> None:
+    """A copy of a slot's cells taken while it generates: the prompt it shares with the
+    other slot is read from its last token on, and neither text changes."""
+    from shimmy.engine import native
+
+    eng = native.load().BatchEngine(model, 512, 3, 2, 64, "bf16", 3, True)
+    eng.warm_up()
+    tokens = prompt(model, 2, 120)
+    _, cold = generate(eng, 2, tokens)
+    eng.start(0, tokens, SAMPLING, [], 12, True, 0)
+    busy: list[tuple[int, float]] = []
+    for _ in range(4):
+        for _slot, _text, _finish, _n, logprobs, _stop in eng.step():
+            busy.extend((entry[0], entry[2]) for entry in logprobs or ())
+    assert not eng.is_idle(0) and len(eng.cached(0)) > len(tokens)
+    assert eng.copy_cells(0, 1)
+    assert eng.cached(1) == eng.cached(0)
+    reused = eng.start(1, tokens, SAMPLING, [], 12, True, 0)
+    assert reused == len(tokens) - 1
+    copied: list[tuple[int, float]] = []
+    while not (eng.is_idle(0) and eng.is_idle(1)):
+        for slot, _text, _finish, _n, logprobs, _stop in eng.step():
+            (busy if slot == 0 else copied).extend((e[0], e[2]) for e in logprobs or ())
+    assert busy == cold
+    assert copied == cold
+
+
 def test_cells_are_not_restored_where_rows_round_otherwise(model: Any) -> None:
     from shimmy.engine import native
 
@@ -107,5 +134,29 @@ def test_a_prompt_is_read_from_memory_after_its_slot_moved_on(
         else:
             assert cached == usage["prompt_tokens"] - 1
         assert answers[2]["choices"][0]["text"] == answers[0]["choices"][0]["text"]
+    finally:
+        process.stop()
+
+
+def test_a_prompt_another_request_is_generating_from_is_copied(
+        model_path: Path, tmp_path: Path) -> None:
+    """Two requests with one long prompt (a shared system prompt, say): the second, sent
+    while the first still generates, copies its cells instead of reading the prompt."""
+    process = ShimmyProcess(["--model-path", str(model_path), "--parallel", "2",
+                             "--prompt-cache", "0"], isolated_env(tmp_path), tmp_path)
+    try:
+        text = " ".join(random.Random(4).choice(WORDS) for _ in range(200))
+        body = {"prompt": text, "max_tokens": 200, "temperature": 0, "stream": True,
+                "ignore_eos": True}
+        first = sse_events(process.port, "/v1/completions", body)
+        next(first)  # the first token's event: its prompt has been read
+        status, second = request_json(process.port, "POST", "/v1/completions",
+                                      {"prompt": text, "max_tokens": 4, "temperature": 0})
+        still_streaming = next(first)
+        first.close()
+        assert status == 200, second
+        assert isinstance(still_streaming, dict) and still_streaming["choices"]
+        usage = second["usage"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
     finally:
         process.stop()

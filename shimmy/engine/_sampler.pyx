@@ -623,6 +623,10 @@ cdef enum:
     # idle slots between busy ones that get a throw-away row each to keep a step in one
     # pass (a row without logits costs a fraction of the second pass a gap causes)
     MAX_FILLER_ROWS = 3
+    # prompt tokens read per step at most, in chunks of n_batch (with exact_rows): prompts
+    # that arrive together are read together, and a decoding stream waits at most about
+    # twice a chunk's time for its next token while long prompts are read
+    READ_CHUNKS = 2
 
 
 cdef inline llama_token _probe_token(int i, int n_vocab) noexcept nogil:
@@ -775,8 +779,8 @@ cdef class BatchEngine:
         cdef vector[float] scales
         params.n_ctx = n_ctx * n_slots
         params.n_ubatch = max(n_batch, n_slots)
-        # with exact_rows a step is one batch: every slot's rows and a prompt chunk
-        params.n_batch = params.n_ubatch + n_slots + MAX_SEQ_ROWS
+        # with exact_rows a step is one batch: every slot's rows and prompt chunks
+        params.n_batch = READ_CHUNKS * params.n_ubatch + n_slots + MAX_SEQ_ROWS
         params.n_seq_max = n_slots
         params.kv_unified = False
         _set_kv_type(&params, kv_type)
@@ -894,7 +898,8 @@ cdef class BatchEngine:
         return best
 
     def reusable(self, int slot, list prompt) -> int:
-        """How many of ``prompt``'s tokens the idle slot's cache would save reading."""
+        """How many of ``prompt``'s tokens the slot's cache would save reading (were the
+        slot idle: for a busy one, what a copy of its cells would save)."""
         cdef vector[llama_token] tokens = prompt
         return self._reusable(&self.slots[slot], tokens)
 
@@ -915,16 +920,35 @@ cdef class BatchEngine:
         cdef uint8_t * dst = out
         with nogil:
             size = llama_state_seq_get_data(self.ctx, dst, size, slot)
-        return bytes(out[:size])
+        del out[size:]
+        return bytes(out)
+
+    def copy_cells(self, int source, int slot) -> bool:
+        """Fill the idle slot with a copy of another slot's cells, busy or not: a prompt
+        that slot holds a prefix of (a system prompt that requests share, say) is then
+        read from there on, as after ``restore_cells``, which this is without the trip
+        through Python. Between steps only; False if llama.cpp refused."""
+        cdef vector[uint8_t] cells
+        cdef size_t size
+        if source == slot or self.slots[source].cached.empty():
+            raise LlamaError(f"slot {source} holds no cells for slot {slot}")
+        size = llama_state_seq_get_size(self.ctx, source)
+        cells.resize(size)
+        with nogil:
+            size = llama_state_seq_get_data(self.ctx, cells.data(), size, source)
+        return self._set_cells(slot, cells.data(), size, self.slots[source].cached)
 
     def restore_cells(self, int slot, bytes cells, list tokens) -> bool:
         """Replace the idle slot's cache by cells from ``save_cells`` holding ``tokens``:
         exact copies, so a prompt reuses them as if they had been computed here. Only
         with ``exact_rows``, where reuse goes to the token; False if llama.cpp refused
         (the slot is then empty)."""
-        cdef Slot * s = &self.slots[slot]
         cdef const uint8_t * src = cells
-        cdef size_t size = len(cells)
+        return self._set_cells(slot, src, len(cells), tokens)
+
+    cdef bint _set_cells(self, int slot, const uint8_t * src, size_t size,
+                         vector[llama_token] tokens) except -1:
+        cdef Slot * s = &self.slots[slot]
         cdef size_t read
         if s.state != IDLE:
             raise LlamaError(f"slot {slot} is busy")
@@ -946,7 +970,7 @@ cdef class BatchEngine:
         """How many of ``prompt``'s tokens the slot's cache can save reading (see
         ``_reuse_cache``). Where none can, the lowest idle slot wins: llama.cpp decodes
         the rows of consecutive slots together, and a gap between busy slots costs a
-        second pass over the weights."""
+        throw-away row (``_add_filler``) or a second pass over the weights."""
         cdef size_t n = _common_prefix(s.cached, prompt)
         n = min(n, prompt.size() - 1) if prompt.size() else 0
         if self.exact_rows:
@@ -1096,11 +1120,11 @@ cdef class BatchEngine:
         the tokens behind ``text``, ``top`` being ``[(token, piece, logprob), ...]``.
 
         Each decoding slot (see ``_decodes``) moves by a token (a lone one by as many more
-        as its guesses that hold, see ``_add_draft``), and one prefilling slot reads its
-        next prompt chunk. With ``exact_rows`` a row's numbers do not depend on what else
-        its pass holds, and all of it is one ``llama_decode`` (``_fill_step``). Without,
-        one ``llama_decode`` per ``pass_rows`` decoding slots, another for the chunk,
-        and chunks are cut at multiples of ``n_batch``. Either way a request's
+        as its guesses that hold, see ``_add_draft``), and prefilling slots read their
+        next prompt chunks. With ``exact_rows`` a row's numbers do not depend on what
+        else its pass holds, and all of it is one ``llama_decode`` (``_fill_step``).
+        Without, one ``llama_decode`` per ``pass_rows`` decoding slots, another for one
+        slot's chunk, and chunks are cut at multiples of ``n_batch``. Either way a request's
         arithmetic is the same whether it runs alone or beside others, so a seed gives
         the same text either way. Raises ``LlamaError`` if llama.cpp fails a batch.
         """
@@ -1204,26 +1228,31 @@ cdef class BatchEngine:
 
     cdef int _fill_step(self) except -1:
         """The whole step as one batch, for ``exact_rows``: the row of each slot that
-        ``_decodes`` (``_add_row``), the next chunk of the first slot that reads its
-        prompt, and for each slot between those, the next prompt token of one waiting to
-        read, or a throw-away row of an idle one (``_add_filler``). Returns its rows.
+        ``_decodes`` (``_add_row``), the next chunks of the slots that read their prompt,
+        ``READ_CHUNKS`` chunks' worth at most, and for each slot between those, the next
+        prompt token of one still waiting to read, or a throw-away row of an idle one
+        (``_add_filler``). Returns its rows.
 
         Over a stream per sequence, llama.cpp splits a batch into passes of consecutive
-        sequences with a row each (then two, ...) and the rest of the chunk into
-        another: a gap between busy slots, or a reading slot left out, costs a pass.
+        sequences with a row each (then two, ...), and the rest of the chunks into more:
+        a gap between busy slots, or a reading slot left out, costs a pass.
         """
         cdef llama_batch * b = &self.batch
         cdef Slot * s
-        cdef int reader = -1, first = -1, last = -1, decoding = 0, idle = 0
+        cdef int first = -1, last = -1, decoding = 0, idle = 0
         cdef int n = <int> self.slots.size()
+        cdef size_t budget = READ_CHUNKS * self.n_batch
+        cdef vector[size_t] reading
+        reading.assign(n, 0)
         b.n_tokens = 0
         for i in range(n):
             s = &self.slots[i]
             s.batch_row = -1
             if self._decodes(s):
                 decoding += 1
-            elif s.state == PREFILL and reader < 0:
-                reader = i
+            elif s.state == PREFILL and budget > 0:
+                reading[i] = min(self._chunk_len(s), budget)
+                budget -= reading[i]
             else:
                 continue
             if first < 0:
@@ -1237,8 +1266,8 @@ cdef class BatchEngine:
             s = &self.slots[i]
             if self._decodes(s):
                 self._add_row(b, s, i, decoding == 1)
-            elif i == reader:
-                s.batch_row = self._add_prompt_tokens(b, s, i, self._chunk_len(s))
+            elif reading[i]:
+                s.batch_row = self._add_prompt_tokens(b, s, i, reading[i])
             elif s.state == PREFILL:
                 self._add_prompt_tokens(b, s, i, 1)
             elif idle <= MAX_FILLER_ROWS:

@@ -21,8 +21,8 @@ from typing import Any
 from shimmy.engine.prompt_cache import PromptCache
 
 log = logging.getLogger("shimmy.engine")
-# tokens a prompt must gain by cells restored from the prompt cache: fewer are read
-# faster than the cells are copied in, for long entries
+# tokens a prompt must gain by cells copied in (from the prompt cache or another slot):
+# fewer are read faster than a long entry's cells are copied
 MIN_RESTORED_TOKENS = 8
 
 
@@ -207,7 +207,7 @@ class Scheduler:
             if free < 0:
                 return
             self._queue.popleft()
-            if self.prompt_cache is not None and head.reuse_cache:
+            if self.engine.exact_rows and head.reuse_cache:
                 self._swap_cells(free, head.prompt)
             sampling = dataclasses.asdict(head.sampling)
             try:
@@ -221,21 +221,30 @@ class Scheduler:
 
     def _swap_cells(self, slot: int, prompt: list[int]) -> None:
         """Before a request takes the idle ``slot``: keep the cells it would lose in the
-        prompt cache, and fill the slot from the cache where that saves more reading."""
-        cache = self.prompt_cache
-        assert cache is not None
+        prompt cache, and fill the slot with a copy of the prompt's start, from the cache
+        or from another slot (busy or not), where that saves more reading."""
         kept = self.engine.reusable(slot, prompt)
-        if self.engine.cached_tokens(slot) > kept:
+        cache = self.prompt_cache
+        if cache is not None and self.engine.cached_tokens(slot) > kept:
             held = self.engine.cached(slot)
             if tuple(held) not in cache:
                 cache.put(held, self.engine.save_cells(slot))
         if len(prompt) - 1 - kept < MIN_RESTORED_TOKENS:
             return  # no copy could save enough: the slot already holds nearly all of it
-        found = cache.best(prompt)
-        if found and min(found[1], len(prompt) - 1) - kept >= MIN_RESTORED_TOKENS:
+        shared, donor = max((self.engine.reusable(other, prompt), other)
+                            for other in range(self.engine.n_slots) if other != slot) \
+            if self.engine.n_slots > 1 else (0, -1)
+        found = cache.best(prompt) if cache is not None else None
+        stored = min(found[1], len(prompt) - 1) if found else 0
+        if max(shared, stored) - kept < MIN_RESTORED_TOKENS:
+            return
+        if shared >= stored:
+            copied = self.engine.copy_cells(donor, slot)
+        else:
             entry = found[0]
-            if not self.engine.restore_cells(slot, entry.cells, list(entry.tokens)):
-                log.warning("llama.cpp refused cached cells for slot %d", slot)
+            copied = self.engine.restore_cells(slot, entry.cells, list(entry.tokens))
+        if not copied:
+            log.warning("llama.cpp refused copied cells for slot %d", slot)
 
     def _drop_cancelled(self) -> None:
         for index, generation in enumerate(self._slots):
