@@ -627,6 +627,9 @@ cdef enum:
     # that arrive together are read together, and a decoding stream waits at most about
     # twice a chunk's time for its next token while long prompts are read
     READ_CHUNKS = 2
+    # a shared prefix shorter than this saves less reading than replacing a slot's cells
+    # costs (see choose_slot)
+    MIN_SLOT_REUSE = 8
 
 
 cdef inline llama_token _probe_token(int i, int n_vocab) noexcept nogil:
@@ -885,16 +888,23 @@ cdef class BatchEngine:
         return self.slots[slot].state == IDLE
 
     def choose_slot(self, list prompt) -> int:
-        """The idle slot whose cache shares the longest prefix with ``prompt``; -1 if none."""
+        """The idle slot whose cache saves ``prompt`` the most reading; where none saves
+        ``MIN_SLOT_REUSE`` tokens, the one holding the fewest cells (the lowest on a tie):
+        a slot's cells stay for a later request, and replacing none costs no copy into
+        the prompt cache. -1 if no slot is idle."""
         cdef vector[llama_token] tokens = prompt
         cdef int best = -1
-        cdef size_t best_len = 0, length
+        cdef size_t best_len = 0, best_held = 0, length, held
         for i in range(self.slots.size()):
             if self.slots[i].state != IDLE:
                 continue
             length = self._reusable(&self.slots[i], tokens)
-            if best < 0 or length > best_len:
-                best, best_len = i, length
+            if length < MIN_SLOT_REUSE:
+                length = 0
+            held = self.slots[i].cached.size()
+            if best < 0 or length > best_len or (length == best_len and length == 0
+                                                 and held < best_held):
+                best, best_len, best_held = i, length, held
         return best
 
     def reusable(self, int slot, list prompt) -> int:

@@ -231,9 +231,7 @@ class Scheduler:
                 cache.put(held, self.engine.save_cells(slot))
         if len(prompt) - 1 - kept < MIN_RESTORED_TOKENS:
             return  # no copy could save enough: the slot already holds nearly all of it
-        shared, donor = max((self.engine.reusable(other, prompt), other)
-                            for other in range(self.engine.n_slots) if other != slot) \
-            if self.engine.n_slots > 1 else (0, -1)
+        shared, donor = self._best_donor(slot, prompt)
         found = cache.best(prompt) if cache is not None else None
         stored = min(found[1], len(prompt) - 1) if found else 0
         if max(shared, stored) - kept < MIN_RESTORED_TOKENS:
@@ -245,6 +243,13 @@ class Scheduler:
             copied = self.engine.restore_cells(slot, entry.cells, list(entry.tokens))
         if not copied:
             log.warning("llama.cpp refused copied cells for slot %d", slot)
+
+    def _best_donor(self, slot: int, prompt: list[int]) -> tuple[int, int]:
+        """The tokens of ``prompt`` that the best other slot's cells would save reading,
+        and that slot (-1 if there is no other)."""
+        others = (other for other in range(self.engine.n_slots) if other != slot)
+        return max(((self.engine.reusable(other, prompt), other) for other in others),
+                   default=(0, -1))
 
     def _drop_cancelled(self) -> None:
         for index, generation in enumerate(self._slots):
