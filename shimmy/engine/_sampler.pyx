@@ -627,8 +627,8 @@ cdef enum:
     # that arrive together are read together, and a decoding stream waits at most about
     # twice a chunk's time for its next token while long prompts are read
     READ_CHUNKS = 2
-    # a shared prefix shorter than this saves less reading than replacing a slot's cells
-    # costs (see choose_slot)
+    # a shared prefix shorter than this does not choose a slot over a lower one (see
+    # choose_slot): busy slots stay packed low, where they share a pass
     MIN_SLOT_REUSE = 8
 
 
@@ -888,23 +888,19 @@ cdef class BatchEngine:
         return self.slots[slot].state == IDLE
 
     def choose_slot(self, list prompt) -> int:
-        """The idle slot whose cache saves ``prompt`` the most reading; where none saves
-        ``MIN_SLOT_REUSE`` tokens, the one holding the fewest cells (the lowest on a tie):
-        a slot's cells stay for a later request, and replacing none costs no copy into
-        the prompt cache. -1 if no slot is idle."""
+        """The idle slot whose cache saves ``prompt`` the most reading, the lowest where
+        none saves ``MIN_SLOT_REUSE`` tokens (see ``_reusable``); -1 if none is idle."""
         cdef vector[llama_token] tokens = prompt
         cdef int best = -1
-        cdef size_t best_len = 0, best_held = 0, length, held
+        cdef size_t best_len = 0, length
         for i in range(self.slots.size()):
             if self.slots[i].state != IDLE:
                 continue
             length = self._reusable(&self.slots[i], tokens)
             if length < MIN_SLOT_REUSE:
                 length = 0
-            held = self.slots[i].cached.size()
-            if best < 0 or length > best_len or (length == best_len and length == 0
-                                                 and held < best_held):
-                best, best_len, best_held = i, length, held
+            if best < 0 or length > best_len:
+                best, best_len = i, length
         return best
 
     def reusable(self, int slot, list prompt) -> int:
