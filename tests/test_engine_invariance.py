@@ -84,6 +84,18 @@ def test_company_that_leaves_midway_changes_nothing(engine: Any) -> None:
     assert together[1] == alone
 
 
+def test_a_prompt_goes_to_the_slot_that_saves_reading_else_to_the_lowest(engine: Any) -> None:
+    """Busy slots stay packed low (llama.cpp decodes consecutive slots in one pass): a
+    slot's cells win a prompt only where they save 8 tokens of reading or more."""
+    model, eng = engine
+    held = prompt(model, 17, 140)  # 128 tokens reusable even in whole chunks
+    run(eng, {2: (held, 0)})
+    starts_alike = held[:5] + prompt(model, 18, 30)[1:]
+    assert eng.choose_slot(starts_alike) == 0
+    assert eng.choose_slot(held[:20] + prompt(model, 18, 30)[1:]) == (2 if eng.exact_rows else 0)
+    assert eng.choose_slot(held) == 2
+
+
 def test_a_repeated_prompt_reads_one_token_beside_a_decoding_request(engine: Any) -> None:
     """A prompt the slot holds already is read from its last token on. Where a row rounds
     alike in any step, that token is decoded in the same pass as another request's next
