@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("The history of the city begins in the twelfth century, when a small group of "
         "merchants settled on the river bank and built a market. ")
 SEQS, HELD, PROMPT, GAP = 8, 16, 12, 3
-Row = tuple[int, int, int, bool]  # token, position, sequence, logits
 
 
 def main(argv: list[str]) -> int:
@@ -41,39 +39,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    import llama_cpp as llama
+    from direct import Direct, Row
 
     from shimmy.engine import native
-    from shimmy.models.embedded import embedded_model_path
 
     native.load()  # sets GGML_CPU_TILED_MM=0 before llama.cpp's first product
-    params = llama.llama_model_default_params()
-    params.use_extra_bufts = False
-    model = llama.llama_model_load_from_file(str(embedded_model_path()).encode(), params)
-    vocab = llama.llama_model_get_vocab(model)
-    data = (TEXT * 20).encode()
-    buffer = (llama.llama_token * 4096)()
-    tokens = list(buffer[:llama.llama_tokenize(vocab, data, len(data), buffer, 4096, True,
-                                               False)])
-    batch = llama.llama_batch_init(128, 0, 1)
-    cp = llama.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = SEQS * 2048, 128, 64, SEQS
-    cp.kv_unified, cp.swa_full = False, True
-    cp.type_k = cp.type_v = 30  # bf16
-    cp.flash_attn_type = 1
-    cp.n_threads = cp.n_threads_batch = 2
-    ctx = llama.llama_init_from_model(model, cp)
-    mem = llama.llama_get_memory(ctx)
-
-    def decode(rows: list[Row]) -> float:
-        batch.n_tokens = len(rows)
-        for i, (token, pos, seq, logits) in enumerate(rows):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-            batch.seq_id[i][0], batch.logits[i] = seq, logits
-        started = time.perf_counter()
-        if llama.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-        return (time.perf_counter() - started) * 1000
+    run = Direct(SEQS, 128, 64, TEXT * 20)
+    tokens, decode = run.tokens, run.decode
+    llama, mem = run.llama, run.mem
 
     for seq in range(SEQS):
         decode([(tokens[seq * HELD + i], i, seq, False) for i in range(HELD)])

@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,40 +28,17 @@ TEXT = ("The history of the city begins in the twelfth century, when a small gro
 
 def measure(tiled: str) -> str:
     sys.path.insert(0, str(ROOT))
-    import llama_cpp as llama
+    from direct import Direct
 
     from shimmy.engine import native
-    from shimmy.models.embedded import embedded_model_path
 
     native.load()  # which sets GGML_CPU_TILED_MM=0; llama.cpp reads it at its first product
     os.environ["GGML_CPU_TILED_MM"] = tiled
-    params = llama.llama_model_default_params()
-    params.use_extra_bufts = False
-    model = llama.llama_model_load_from_file(str(embedded_model_path()).encode(), params)
-    vocab = llama.llama_model_get_vocab(model)
-    data = (TEXT * 60).encode()
-    buffer = (llama.llama_token * 8192)()
-    tokens = list(buffer[:llama.llama_tokenize(vocab, data, len(data), buffer, 8192, True,
-                                               False)])
-    batch = llama.llama_batch_init(64, 0, 1)
-    cp = llama.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 8 * 2048, 64, 64, 8
-    cp.kv_unified, cp.swa_full = False, True
-    cp.type_k = cp.type_v = 30  # bf16
-    cp.flash_attn_type = 1
-    cp.n_threads = cp.n_threads_batch = 2
-    ctx = llama.llama_init_from_model(model, cp)
-    mem = llama.llama_get_memory(ctx)
+    run = Direct(8, 64, 64, TEXT * 60)
+    tokens, llama, mem = run.tokens, run.llama, run.mem
 
     def decode(rows: list[tuple[int, int, int]], logits: bool = True) -> float:
-        batch.n_tokens = len(rows)
-        for i, (token, pos, seq) in enumerate(rows):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-            batch.seq_id[i][0], batch.logits[i] = seq, logits
-        started = time.perf_counter()
-        if llama.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-        return (time.perf_counter() - started) * 1000
+        return run.decode([(token, pos, seq, logits) for token, pos, seq in rows])
 
     def prompt_ms(length: int) -> float:
         llama.llama_memory_clear(mem, False)
