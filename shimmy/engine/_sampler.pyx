@@ -916,18 +916,13 @@ cdef class BatchEngine:
     def save_cells(self, int slot) -> bytes:
         """The idle slot's cells, as llama.cpp serializes a sequence (see
         ``restore_cells``); empty if it holds none."""
-        cdef Slot * s = &self.slots[slot]
-        if s.state != IDLE:
+        cdef vector[uint8_t] cells
+        if self.slots[slot].state != IDLE:
             raise LlamaError(f"slot {slot} is busy")
-        if s.cached.empty():
+        if self.slots[slot].cached.empty():
             return b""
-        cdef size_t size = llama_state_seq_get_size(self.ctx, slot)
-        cdef bytearray out = bytearray(size)
-        cdef uint8_t * dst = out
-        with nogil:
-            size = llama_state_seq_get_data(self.ctx, dst, size, slot)
-        del out[size:]
-        return bytes(out)
+        self._get_cells(slot, cells)
+        return PyBytes_FromStringAndSize(<const char *> cells.data(), cells.size())
 
     def copy_cells(self, int source, int slot) -> bool:
         """Fill the idle slot with a copy of another slot's cells, busy or not: a prompt
@@ -935,14 +930,18 @@ cdef class BatchEngine:
         read from there on, as after ``restore_cells``, which this is without the trip
         through Python. Between steps only; False if llama.cpp refused."""
         cdef vector[uint8_t] cells
-        cdef size_t size
         if source == slot or self.slots[source].cached.empty():
             raise LlamaError(f"slot {source} holds no cells for slot {slot}")
-        size = llama_state_seq_get_size(self.ctx, source)
+        self._get_cells(source, cells)
+        return self._set_cells(slot, cells.data(), cells.size(), self.slots[source].cached)
+
+    cdef void _get_cells(self, int slot, vector[uint8_t] & cells) noexcept:
+        """The slot's cells as llama.cpp serializes a sequence, into ``cells``."""
+        cdef size_t size = llama_state_seq_get_size(self.ctx, slot)
         cells.resize(size)
         with nogil:
-            size = llama_state_seq_get_data(self.ctx, cells.data(), size, source)
-        return self._set_cells(slot, cells.data(), size, self.slots[source].cached)
+            size = llama_state_seq_get_data(self.ctx, cells.data(), size, slot)
+        cells.resize(size)
 
     def restore_cells(self, int slot, bytes cells, list tokens) -> bool:
         """Replace the idle slot's cache by cells from ``save_cells`` holding ``tokens``:
