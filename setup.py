@@ -44,11 +44,14 @@ def extension() -> Extension:
         "shimmy.engine._sampler",
         ["shimmy/engine/_sampler.pyx"],
         language="c++",
-        include_dirs=[str(include_dir(package))],
+        include_dirs=[str(include_dir(package)), str(ENGINE_DIR)],
         library_dirs=[str(lib_dir)],
         libraries=["llama", "ggml", "ggml-base"],  # ggml: loading the CPU variants
         runtime_library_dirs=run_paths(lib_dir),
-        extra_compile_args=["-O2", "-std=c++17"],
+        # OpenMP: output_head.h splits its product over the threads ggml's own OpenMP
+        # runtime (the same libgomp) already keeps
+        extra_compile_args=["-O2", "-std=c++17", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
     )
 
 

@@ -221,6 +221,23 @@ cdef extern from *:
     int shimmy_request_amx()
 
 
+cdef extern from "output_head.h" nogil:
+    cdef cppclass ShimmyHead:
+        int mode
+        uint64_t probe_single
+        uint64_t probe_multi
+        uint64_t probe_bad
+        uint64_t rows
+    enum:
+        OUTPUT_HEAD_OFF
+        OUTPUT_HEAD_PROBE
+        OUTPUT_HEAD_ON
+    cbool shimmy_head_supported()
+    ShimmyHead * shimmy_head_new(int n_threads)
+    void shimmy_head_free(ShimmyHead * head)
+    cbool shimmy_head_attach(llama_context_params * params, ShimmyHead * head)
+
+
 cdef extern from "ggml-backend.h" nogil:
     size_t ggml_backend_reg_count()
     void ggml_backend_load_all_from_path(const char * dir_path)
@@ -359,6 +376,11 @@ def amx_in_build() -> bool:
     AMX machines in this llama.cpp, so such builds load weights without extra buffers.
     """
     return b"AMX_INT8 = 1" in llama_print_system_info()
+
+
+def output_head_supported() -> bool:
+    """Whether this CPU runs the output head of ``output_head.h`` (AVX-512 VNNI)."""
+    return shimmy_head_supported()
 
 
 def supports_gpu_offload() -> bool:
@@ -775,11 +797,16 @@ cdef class BatchEngine:
     cdef readonly int pass_rows     # generating slots per llama_decode at most
     cdef readonly bint exact_rows   # a row rounds alike whatever else its step holds
     cdef bint per_row_attention     # the cache type runs attention row by row
+    cdef ShimmyHead * head          # the output layer's product (output_head.h)
+    cdef bint head_attached         # this CPU runs it: warm_up() checks it against ggml
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
-                  str kv_type="f16", int n_draft=0, bint exact_weights=False):
+                  str kv_type="f16", int n_draft=0, bint exact_weights=False,
+                  bint own_head=True):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
+        self.head = shimmy_head_new(n_threads)
+        self.head_attached = own_head and shimmy_head_attach(&params, self.head)
         params.n_ctx = n_ctx * n_slots
         params.n_ubatch = max(n_batch, n_slots)
         # with exact_rows a step is one batch: every slot's rows and prompt chunks
@@ -829,13 +856,22 @@ cdef class BatchEngine:
             llama_batch_free(self.batch)
             llama_free(self.ctx)
             self.ctx = NULL
+        if self.head is not NULL:
+            shimmy_head_free(self.head)
+            self.head = NULL
 
     def warm_up(self) -> None:
         """A first decode, so that the first request skips graph set-up, which is also
         the check that a row's logits do not depend on the rows beside it in a step
         (``exact_rows``). Where they do not, busy slots share one pass, a lone request
         guesses ahead, and a prompt reuses any cached prefix; where they do, slots go
-        ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed."""
+        ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed.
+
+        The same decodes check the output head (``output_head.h``) against ggml's
+        product, row by row and bit by bit; it computes the logits from then on only
+        where every row agreed, in one-row and in several-row products."""
+        if self.head_attached:
+            self.head.mode = OUTPUT_HEAD_PROBE
         if self.per_row_attention and self.n_ctx >= 2 * CHECK_ROWS:
             self.exact_rows = self._rows_agree()
         else:  # f16's plain attention fails the check; a context too small cannot run it
@@ -846,6 +882,35 @@ cdef class BatchEngine:
         # the cells' data stay: cells no sequence holds are masked out of attention, and
         # overwriting the whole cache (590 MB for 8 slots of 4,096 tokens) took 80 ms
         llama_memory_clear(llama_get_memory(self.ctx), False)
+        if self.head_attached:
+            if self.head.probe_multi == 0 and self.n_ctx >= 2:
+                self._decode_probe(2)
+                llama_memory_clear(llama_get_memory(self.ctx), False)
+            self.head.mode = OUTPUT_HEAD_ON if self.head.probe_bad == 0 \
+                and self.head.probe_single > 0 and self.head.probe_multi > 0 \
+                else OUTPUT_HEAD_OFF
+
+    @property
+    def own_head(self) -> bool:
+        """Whether the output head, not ggml, computes the logits (see warm_up)."""
+        return self.head.mode == OUTPUT_HEAD_ON
+
+    @property
+    def head_rows(self) -> int:
+        """Rows of logits the output head computed in ggml's place."""
+        return self.head.rows
+
+    @property
+    def head_checks(self) -> tuple:
+        """Rows warm_up compared with ggml: (one-row products, several-row, differing)."""
+        return (self.head.probe_single, self.head.probe_multi, self.head.probe_bad)
+
+    cdef void _decode_probe(self, int rows) except *:
+        """A throw-away step of ``rows`` tokens of sequence 0, each with logits."""
+        self.batch.n_tokens = 0
+        for i in range(rows):
+            _batch_add(&self.batch, _probe_token(i, self.model.n_vocab), i, 0, True)
+        self._decode()
 
     cdef void _decode_start(self) except *:
         """A throw-away step of one token."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ MAX_DRAFT = 3  # tokens guessed ahead per step, at most (--draft; the engine's o
 # single row and another (llamafile's tinyBLAS) for several: F32, F16 and BF16. Its
 # quantized kernels sum in the same order either way.
 ROW_SHAPED_TYPES = frozenset({0, 1, 30})
+# "ggml" leaves the output layer's product to llama.cpp (see the engine's output_head.h)
+OUTPUT_HEAD_ENV = "SHIMMY_OUTPUT_HEAD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,8 @@ class LoadedModel:
             self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
                                               settings.threads, min(settings.batch, n_ctx),
                                               settings.kv_type, settings.draft,
-                                              exact_weights(info, loras))
+                                              exact_weights(info, loras),
+                                              os.environ.get(OUTPUT_HEAD_ENV) != "ggml")
             self.engine.warm_up()
             cells = PromptCache(settings.prompt_cache) \
                 if settings.prompt_cache > 0 and self.engine.exact_rows else None
@@ -93,9 +97,10 @@ class LoadedModel:
         self._embed_lock = threading.Lock()
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads", name,
+        log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,
                  self.model.description, self.load_seconds, n_ctx,
-                 settings.parallel, settings.threads)
+                 settings.parallel, settings.threads,
+                 ", shimmy's output head" if self.engine and self.engine.own_head else "")
 
     @property
     def chat_template(self) -> ChatTemplate:

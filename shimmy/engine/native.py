@@ -32,6 +32,7 @@ from types import ModuleType
 BACKEND_DIR_ENV = "SHIMMY_BACKEND_DIR"
 BUILD_INFO_FILE = "llama_build.json"  # written into the binary by build.spec
 LIBS_ARCHIVE = "llama_cpp_libs.tar.xz"  # the single-file binary's llama.cpp libraries
+UNPACKED_PRELOADS = ("libgomp.so.1", "libllama.so.0")  # what the engine links, from there
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -131,13 +132,17 @@ def _remove(directory: Path) -> None:
 
 
 def _preload_unpacked() -> None:
-    """Map the unpacked libllama, so that the engine's link to it resolves to this copy."""
+    """Map the unpacked libllama and OpenMP runtime, so that the engine's links to them
+    resolve to these copies (the engine's output head runs on OpenMP too)."""
     bundle = bundle_dir()
     if bundle is None or (bundle / "llama_cpp" / "lib").is_dir():
         return
     directory = lib_dir()
-    if directory is not None:
-        ctypes.CDLL(str(directory / "libllama.so.0"), mode=ctypes.RTLD_GLOBAL)
+    if directory is None:
+        return
+    for name in UNPACKED_PRELOADS:
+        if (directory / name).is_file():
+            ctypes.CDLL(str(directory / name), mode=ctypes.RTLD_GLOBAL)
 
 
 def backend_dir() -> Path | None:
