@@ -255,6 +255,9 @@ def test_probe_tiny_model(home: Path, models_dir: Path) -> None:
     assert re.search(r"^architecture:\s+llama$", out, re.M)
     assert re.search(r"^load time:\s+\d+ ms", out, re.M)
     assert re.search(r"^memory:\s+\S+", out, re.M)
+    # the tiny model's output matrix is F32: llama.cpp computes its logits
+    assert re.search(r"^output head:\s+llama\.cpp's \((the output matrix is not a plain Q8_0 "
+                     r"one|this CPU has no AVX-512 VNNI)\)$", out, re.M), out
     # probe decodes one token after "Hello": "o" is not in "xyz", so the text starts over
     assert re.search(r"^first token:\s+'x' ", out, re.M)
     assert out.rstrip().endswith("probe: OK")
@@ -311,7 +314,17 @@ def test_diag(home: Path, models_dir: Path) -> None:
     assert re.search(r"^gpu offload:\s+\S.*--gpu-layers 0$", out, re.M)
     assert re.search(r"^memory:\s+\S+ total, \S+ available$", out, re.M)
     assert re.search(rf"^port:\s+127\.0\.0\.1:{port} is free$", out, re.M)
+    assert re.search(r"^output head:\s+(shimmy's for Q8_0 output matrices|llama\.cpp's \(this "
+                     r"CPU has no AVX-512 VNNI\))", out, re.M), out
     assert "Found 2 model(s)" in out
+
+
+def test_diag_names_who_computes_the_logits_when_told(home: Path, models_dir: Path) -> None:
+    result = run_shimmy(home, "diag", "--model-dirs", str(models_dir), "--port", "0",
+                        SHIMMY_OUTPUT_HEAD="ggml")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^output head:\s+llama\.cpp's \(SHIMMY_OUTPUT_HEAD=ggml\)$",
+                     result.stdout, re.M), result.stdout
 
 
 def test_diag_reports_a_busy_port(home: Path, models_dir: Path, listening_port: int) -> None:

@@ -73,6 +73,7 @@ def test_probe_json(home: Path, models_dir: Path) -> None:
     for key in ("load_ms", "first_token_ms", "memory_bytes", "file_size"):
         assert isinstance(data[key], int | float) and data[key] >= 0, key
     assert data["context"] == 512  # the model's trained context caps the default 8192
+    assert data["output_head"].startswith("llama.cpp's (")  # an F32 output matrix
 
 
 def test_probe_json_failure(home: Path, models_dir: Path) -> None:
@@ -100,6 +101,7 @@ def test_diag_json(home: Path, models_dir: Path, held_port: int) -> None:
     assert data["llama_cpp"]["loadable"] is True
     assert "CPU" in data["llama_cpp"]["system_info"]
     assert data["cpu"]["threads"] >= 1
+    assert set(data["llama_cpp"]["output_head"]) == {"obstacle"}
     assert data["memory"]["total_bytes"] > 0
     port = data["port"]
     assert (port["host"], port["port"], port["free"]) == ("127.0.0.1", held_port, False)

@@ -9,10 +9,14 @@ generated token, which differs at the first changed rounding.
 from __future__ import annotations
 
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import isolated_env
 
 WORDS = ["river", "mountain", "ocean", "forest", "desert", "city", "village", "garden",
          "bridge", "tower", "castle", "harbor", "valley", "island", "meadow", "canyon"]
@@ -124,3 +128,18 @@ def test_a_float_output_matrix_stays_with_ggml(native: Any, tmp_path: Path) -> N
                 assert spelled.decode() == text and eng.head_rows == 0
                 return
     raise AssertionError("generation did not finish")
+
+
+@pytest.mark.usefixtures("head_cpu")
+def test_probe_says_whose_product_gives_the_logits(model_path: Path, tmp_path: Path) -> None:
+    def probe(**env: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "shimmy", "probe", "--model-path",
+                                 str(model_path)], capture_output=True, text=True, timeout=120,
+                                env=isolated_env(tmp_path, **env), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert re.search(r"^output head:\s+shimmy's \(its logits equal llama\.cpp's bit for bit "
+                     r"at load\)$", probe(), re.M)
+    assert re.search(r"^output head:\s+llama\.cpp's \(SHIMMY_OUTPUT_HEAD=ggml\)$",
+                     probe(SHIMMY_OUTPUT_HEAD="ggml"), re.M)

@@ -59,6 +59,7 @@ def _print_facts(facts: dict[str, Any]) -> None:
     if llama["loadable"]:
         print(f"llama.cpp:    {llama['system_info']}")
         print(f"cpu variant:  {_variant_words(llama)}")
+        print(f"output head:  {_head_words(llama['output_head'])}")
         print(f"gpu offload:  {_offload_words(llama['gpu_offload'])}; "
               f"--gpu-layers {facts['gpu_layers']}")
     else:
@@ -76,7 +77,15 @@ def _llama_facts() -> dict[str, Any]:
             "build": native.llama_build(),
             "cpu_variant": llama.cpu_variant() or None,
             "backend_dir": str(backends) if backends else None,
-            "gpu_offload": bool(llama.supports_gpu_offload())}
+            "gpu_offload": bool(llama.supports_gpu_offload()),
+            "output_head": {"obstacle": native.output_head_obstacle()}}
+
+
+def _head_words(head: dict[str, Any]) -> str:
+    """Who computes the logits: shimmy's output head or llama.cpp (see probe per model)."""
+    if head["obstacle"]:
+        return f"llama.cpp's ({head['obstacle']})"
+    return "shimmy's for Q8_0 output matrices, checked against llama.cpp's at each load"
 
 
 def _variant_words(llama: dict[str, Any]) -> str:

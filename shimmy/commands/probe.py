@@ -10,6 +10,7 @@ from typing import Any
 from shimmy.commands.advice import load_failure_hint, unknown_model_hint
 from shimmy.commands.term import LoadingLine, paint, print_json
 from shimmy.config import Config
+from shimmy.engine import native
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import GenerationError, Sampling
 from shimmy.errors import ApiError
@@ -53,10 +54,12 @@ def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> Non
     if not as_json:
         _print_header(facts)
     model = _load(config, entry, facts)
+    facts["output_head"] = _head_words(model)
     if not as_json:
         print(f"load time:    {facts['load_ms']:.0f} ms (context {facts['context']}, "
               f"{facts['slots']} slots, {facts['threads']} threads)")
         print(f"memory:       {format_bytes(facts['memory_bytes'])} resident for the model")
+        print(f"output head:  {facts['output_head']}")
     try:
         started = time.perf_counter()
         text, tokens = asyncio.run(_one_token(model))
@@ -72,6 +75,19 @@ def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> Non
     facts.update(ok=True, first_token=text, prompt_tokens=tokens, first_token_ms=elapsed_ms)
     if not as_json:
         print(f"first token:  {text!r} ({tokens} prompt tokens, {elapsed_ms:.0f} ms)")
+
+
+def _head_words(model: LoadedModel) -> str:
+    """Who computes this model's logits, and why not shimmy's output head if not."""
+    engine = model.engine
+    if engine is not None and engine.own_head:
+        return "shimmy's (its logits equal llama.cpp's bit for bit at load)"
+    obstacle = native.output_head_obstacle()
+    if obstacle is None:
+        differed = engine is not None and engine.head_checks[2] > 0
+        obstacle = ("its logits differed from llama.cpp's at load" if differed
+                    else "the output matrix is not a plain Q8_0 one")
+    return f"llama.cpp's ({obstacle})"
 
 
 def _header_facts(entry: ModelEntry) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -30,8 +29,6 @@ MAX_DRAFT = 3  # tokens guessed ahead per step, at most (--draft; the engine's o
 # single row and another (llamafile's tinyBLAS) for several: F32, F16 and BF16. Its
 # quantized kernels sum in the same order either way.
 ROW_SHAPED_TYPES = frozenset({0, 1, 30})
-# "ggml" leaves the output layer's product to llama.cpp (see the engine's output_head.h)
-OUTPUT_HEAD_ENV = "SHIMMY_OUTPUT_HEAD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +86,7 @@ class LoadedModel:
                                               settings.threads, min(settings.batch, n_ctx),
                                               settings.kv_type, settings.draft,
                                               exact_weights(info, loras),
-                                              os.environ.get(OUTPUT_HEAD_ENV) != "ggml")
+                                              native.output_head_wanted())
             self.engine.warm_up()
             cells = PromptCache(settings.prompt_cache) \
                 if settings.prompt_cache > 0 and self.engine.exact_rows else None

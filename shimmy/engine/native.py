@@ -30,6 +30,8 @@ from pathlib import Path
 from types import ModuleType
 
 BACKEND_DIR_ENV = "SHIMMY_BACKEND_DIR"
+# "ggml" leaves the output layer's product to llama.cpp (see the engine's output_head.h)
+OUTPUT_HEAD_ENV = "SHIMMY_OUTPUT_HEAD"
 BUILD_INFO_FILE = "llama_build.json"  # written into the binary by build.spec
 LIBS_ARCHIVE = "llama_cpp_libs.tar.xz"  # the single-file binary's llama.cpp libraries
 UNPACKED_PRELOADS = ("libgomp.so.1", "libllama.so.0")  # what the engine links, from there
@@ -67,6 +69,21 @@ def load() -> ModuleType:
                     "no libggml-cpu-*.so there runs on this CPU")
             _module = _sampler
         return _module
+
+
+def output_head_wanted() -> bool:
+    """Whether engines may compute the output layer's product themselves (they still
+    check it against llama.cpp's at load, see ``BatchEngine.warm_up``)."""
+    return os.environ.get(OUTPUT_HEAD_ENV) != "ggml"
+
+
+def output_head_obstacle() -> str | None:
+    """Why no model's output product can be shimmy's on this machine, or None."""
+    if not output_head_wanted():
+        return f"{OUTPUT_HEAD_ENV}=ggml"
+    if not load().output_head_supported():
+        return "this CPU has no AVX-512 VNNI"
+    return None
 
 
 def bundle_dir() -> Path | None:
