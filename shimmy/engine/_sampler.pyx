@@ -875,7 +875,7 @@ cdef class BatchEngine:
         if self.per_row_attention and self.n_ctx >= 2 * CHECK_ROWS:
             self.exact_rows = self._rows_agree()
         else:  # f16's plain attention fails the check; a context too small cannot run it
-            self._decode_start()
+            self._decode_probe(1)
         if not self.exact_rows:
             self.pass_rows = min(self.n_slots, FALLBACK_PASS_ROWS)
             self.n_draft = 0
@@ -910,13 +910,6 @@ cdef class BatchEngine:
         self.batch.n_tokens = 0
         for i in range(rows):
             _batch_add(&self.batch, _probe_token(i, self.model.n_vocab), i, 0, True)
-        self._decode()
-
-    cdef void _decode_start(self) except *:
-        """A throw-away step of one token."""
-        cdef llama_token tok = self.model.bos_token
-        self.batch.n_tokens = 0
-        _batch_add(&self.batch, tok if tok >= 0 else 0, 0, 0, True)
         self._decode()
 
     cdef bint _rows_agree(self) except -1:

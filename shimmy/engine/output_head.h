@@ -165,6 +165,7 @@ SHIMMY_HEAD_TARGET static void shimmy_head_range(const uint8_t * w, size_t w_row
     for (int64_t t = first; t < last; t += 2) {
         const int64_t u = t + 1 < n_w_rows ? t + 1 : t;
         const uint8_t * rt = w + t * w_row_bytes;
+        const uint8_t * ru = w + u * w_row_bytes;
         const uint8_t * ahead = rt + SHIMMY_HEAD_AHEAD * w_row_bytes;
         for (size_t line = 0; line < 2 * w_row_bytes; line += 64) {
             _mm_prefetch((const char *) ahead + line, _MM_HINT_T0);
@@ -174,7 +175,6 @@ SHIMMY_HEAD_TARGET static void shimmy_head_range(const uint8_t * w, size_t w_row
             const uint8_t * x = xq + (size_t) r0 * blocks * SHIMMY_X_BYTES;
             const float * d = xd + r0 * blocks;
             float * o = out + r0 * out_stride;
-            const uint8_t * ru = w + u * w_row_bytes;
             switch (n) {
             case 1: shimmy_head_pair<1>(rt, ru, blocks, x, d, o, out_stride, t, u); break;
             case 2: shimmy_head_pair<2>(rt, ru, blocks, x, d, o, out_stride, t, u); break;
