@@ -144,7 +144,8 @@ class LoadedModel:
 
     def generate(self, prompt: str | list[int], max_tokens: int, sampling: Sampling,
                  stop: list[str] | None = None, ignore_eos: bool = False,
-                 logprobs: int = -1, reuse_cache: bool = True) -> Generation:
+                 logprobs: int = -1, reuse_cache: bool = True,
+                 special: bool = False) -> Generation:
         """Queue a generation; must be called on the event loop that will consume it."""
         if self.scheduler is None:
             raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
@@ -164,7 +165,7 @@ class LoadedModel:
                 "Prompt and max_tokens exceed the context length",
             )
         generation = Generation(tokens, max_tokens, sampling, [s for s in stop or () if s],
-                                ignore_eos, logprobs, reuse_cache)
+                                ignore_eos, logprobs, reuse_cache, special)
         self.scheduler.submit(generation)
         return generation
 

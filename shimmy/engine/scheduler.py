@@ -55,8 +55,9 @@ class Generation:
 
     def __init__(self, prompt: list[int], max_tokens: int, sampling: Sampling,
                  stop: list[str], ignore_eos: bool = False, logprobs: int = -1,
-                 reuse_cache: bool = True) -> None:
+                 reuse_cache: bool = True, special: bool = False) -> None:
         self.prompt = prompt
+        self.special = special  # control tokens come out as their text
         self.reuse_cache = reuse_cache  # False: read the whole prompt, as a cold start
         self.max_tokens = max_tokens
         self.sampling = sampling
@@ -213,7 +214,7 @@ class Scheduler:
             try:
                 head.cached_tokens = self.engine.start(
                     free, head.prompt, sampling, head.stop, head.max_tokens, head.ignore_eos,
-                    head.logprobs, head.reuse_cache)
+                    head.logprobs, head.reuse_cache, head.special)
             except Exception as exc:  # e.g. a grammar llama.cpp refuses: this request only
                 _call_soon(head._loop, head._fail, str(exc))
                 continue
