@@ -9,7 +9,14 @@ import sys
 from collections.abc import Sequence
 
 from shimmy import __version__
-from shimmy.config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, Config, ConfigError
+from shimmy.config import (
+    API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_OLLAMA_BIND,
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+)
 from shimmy.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 
@@ -52,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = _command(commands, "serve", "run the HTTP/WebSocket server", _run_serve)
     _address_options(serve)
     _engine_options(serve)
+    serve.add_argument("--n-predict", type=int, metavar="N", dest="max_tokens",
+                       help="the most tokens one answer may generate, whatever a request "
+                            "asks, as llama-server's --n-predict (default 0: what the "
+                            "context leaves)")
     _serving_options(serve)
 
     generate = _command(commands, "generate", "generate text and stream it to stdout",
@@ -111,6 +122,9 @@ def _address_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _serving_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--ollama-bind", metavar="HOST:PORT",
+                       help=f"also serve Ollama's API here, for Ollama clients (default "
+                            f"{DEFAULT_OLLAMA_BIND}, skipped if taken); 'off' turns it off")
     access = serve.add_argument_group("access (see docs/SECURITY.md)")
     access.add_argument("--api-key", metavar="KEY",
                         help=f"require this key ('Authorization: Bearer KEY' or 'x-api-key') "
@@ -145,6 +159,11 @@ def _serving_options(serve: argparse.ArgumentParser) -> None:
                       help="memory for loaded models' weights and KV caches, e.g. 8GiB or "
                            "75%%; 0: no budget (default 80%% of physical memory; or set "
                            "SHIMMY_MEMORY_BUDGET)")
+    pool.add_argument("--model-alias", action="append", metavar="PATTERN=MODEL",
+                      help="serve requests for model names matching PATTERN ('*' globs, "
+                           "e.g. 'claude-*=qwen3-coder') with MODEL; repeatable; names "
+                           "starting 'claude-' that match none go to the default model "
+                           "(or set SHIMMY_MODEL_ALIAS, ','-separated)")
     pool.add_argument("--prompt-cache", metavar="SIZE",
                       help="memory per model for the cached prompts of slots that moved on "
                            "to other requests, e.g. 1GiB; 0: none (default 256MiB)")

@@ -16,10 +16,13 @@ from shimmy.sysinfo import physical_cores, total_memory_bytes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
+DEFAULT_OLLAMA_BIND = "127.0.0.1:11434"  # Ollama's own address, which its clients assume
 API_KEY_ENV = "SHIMMY_API_KEY"
 # the model pool's options, each also read from the environment when its flag is not given
 POOL_ENV = {"keep_alive": "SHIMMY_KEEP_ALIVE", "max_models": "SHIMMY_MAX_MODELS",
             "memory_budget": "SHIMMY_MEMORY_BUDGET"}
+# --model-alias entries, ','-separated, when no flag is given
+MODEL_ALIAS_ENV = "SHIMMY_MODEL_ALIAS"
 DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
 DEFAULT_PROMPT_CACHE = 256 * 1024**2  # bytes of slots' cells kept per model by `serve`
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b?|b)?", re.I)
@@ -41,6 +44,7 @@ class Config:
     gpu_layers: int = 0
     kv_cache_type: str = "bf16"
     draft: int = 3
+    max_tokens: int = 0  # the most tokens one answer may generate; 0: what the context leaves
     verbose: bool = False
     # serving: who may connect, how much may wait, how long things may take
     api_key: str | None = None
@@ -56,6 +60,10 @@ class Config:
     max_models: int = DEFAULT_MAX_MODELS  # 0: no limit
     memory_budget: int | None = None  # bytes; None: a fraction of physical memory; 0: none
     prompt_cache: int = 0  # bytes of replaced slots' cells kept per model (serve: 256 MiB)
+    # the second listener, with Ollama's API (serve only); None: off
+    ollama_bind: tuple[str, int] | None = None
+    # requested model names (fnmatch patterns) mapped to served models, first match wins
+    model_aliases: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -71,6 +79,8 @@ class Config:
         for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type", "draft"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
+        if getattr(args, "command", None) == "serve" and args.max_tokens is not None:
+            config.max_tokens = args.max_tokens
         config._serving_args(args)
         config.check()
         return config
@@ -79,6 +89,8 @@ class Config:
         if not hasattr(args, "api_key"):
             return  # not ``serve``
         self.prompt_cache = DEFAULT_PROMPT_CACHE
+        self.ollama_bind = parse_ollama_bind(getattr(args, "ollama_bind", None)
+                                             or DEFAULT_OLLAMA_BIND)
         if args.prompt_cache is not None:
             try:
                 self.prompt_cache = parse_size(args.prompt_cache)
@@ -94,6 +106,19 @@ class Config:
             if (value := getattr(args, name)) is not None:
                 setattr(self, name, value)
         self._pool_args(args)
+        self._alias_args(args)
+
+    def _alias_args(self, args: argparse.Namespace) -> None:
+        """--model-alias PATTERN=MODEL (repeatable), else SHIMMY_MODEL_ALIAS."""
+        entries, source = getattr(args, "model_alias", None), "--model-alias"
+        if not entries:
+            variable = os.environ.get(MODEL_ALIAS_ENV) or ""
+            entries, source = [e for e in variable.split(",") if e.strip()], MODEL_ALIAS_ENV
+        for entry in entries:
+            try:
+                self.model_aliases.append(parse_alias(entry))
+            except ValueError as exc:
+                raise ConfigError(f"{source} '{entry}': {exc}") from None
 
     def _pool_args(self, args: argparse.Namespace) -> None:
         """--keep-alive, --max-models and --memory-budget, else their SHIMMY_* variables."""
@@ -123,6 +148,8 @@ class Config:
         if self.kv_cache_type not in KV_CACHE_TYPES:
             raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
                               + ", ".join(KV_CACHE_TYPES))
+        if self.max_tokens < 0:
+            raise ConfigError(f"--n-predict {self.max_tokens}: must be 0 (no cap) or more")
         if not 0 <= self.draft <= MAX_DRAFT:
             raise ConfigError(f"--draft {self.draft}: choose 0 (off) to {MAX_DRAFT}")
         self._check_serving()
@@ -152,7 +179,8 @@ class Config:
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type,
-                              draft=self.draft, prompt_cache=self.prompt_cache)
+                              draft=self.draft, prompt_cache=self.prompt_cache,
+                              max_tokens=self.max_tokens)
 
     def pool_limits(self) -> PoolLimits:
         budget = self.memory_budget
@@ -182,6 +210,14 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * base ** "bkmgt".index(unit[0]))
 
 
+def parse_alias(text: str) -> tuple[str, str]:
+    """``PATTERN=MODEL``: requested names matching PATTERN (``*`` globs) go to MODEL."""
+    pattern, sep, target = text.partition("=")
+    if not sep or not pattern.strip() or not target.strip():
+        raise ValueError("expected PATTERN=MODEL, e.g. 'claude-*=qwen2.5-coder-7b'")
+    return pattern.strip(), target.strip()
+
+
 def _count(value: str | int) -> int:
     text = str(value).strip()
     if not text.isdigit():
@@ -199,9 +235,19 @@ def _non_negative(text: str, what: str) -> float:
     return value
 
 
-def parse_bind(text: str) -> tuple[str, int]:
+def parse_bind(text: str, flag: str = "--bind", example: str = "127.0.0.1:11435"
+               ) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        raise ConfigError(f"--bind '{text}': expected HOST:PORT, e.g. 127.0.0.1:11435")
+        raise ConfigError(f"{flag} '{text}': expected HOST:PORT, e.g. {example}")
+    if int(port) > 65535:
+        raise ConfigError(f"{flag} '{text}': port {port} is outside 0-65535")
     host = host.strip("[]") or DEFAULT_HOST
     return host, int(port)
+
+
+def parse_ollama_bind(text: str) -> tuple[str, int] | None:
+    """``--ollama-bind``: HOST:PORT, or "off" for no Ollama listener."""
+    if text.strip().lower() == "off":
+        return None
+    return parse_bind(text.strip(), "--ollama-bind", DEFAULT_OLLAMA_BIND)

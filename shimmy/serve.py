@@ -11,10 +11,11 @@ import signal
 import socket
 import sys
 
-from shimmy.api.routes import build_router
+from shimmy.api.routes import build_ollama_router, build_router
 from shimmy.api.state import AppState
 from shimmy.config import API_KEY_ENV, Config
 from shimmy.engine.pool import ModelPool
+from shimmy.http.router import Router
 from shimmy.http.server import Server
 from shimmy.metrics import METRICS
 from shimmy.models.registry import ModelRegistry
@@ -25,7 +26,7 @@ log = logging.getLogger("shimmy")
 
 
 def build_state(config: Config) -> AppState:
-    registry = ModelRegistry(config.discover())
+    registry = ModelRegistry(config.discover(), config.model_aliases)
     pool = ModelPool(registry, config.engine_settings(), config.pool_limits())
     return AppState(registry=registry, pool=pool)
 
@@ -48,12 +49,17 @@ async def serve(config: Config) -> int:
     print(f"shimmy listening on http://{config.host}:{server.port} "
           f"({len(state.registry.entries())} models; default: "
           f"{default.name if default else 'none'})", flush=True)
+    ollama = await start_ollama_listener(config, state)
     if warning := exposure_warning(config):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()
     log.info("shutting down: finishing requests for up to %.0f s", config.shutdown_grace)
-    await server.shutdown(config.shutdown_grace)
+    if ollama is not None:
+        await asyncio.gather(server.shutdown(config.shutdown_grace),
+                             ollama.shutdown(config.shutdown_grace))
+    else:
+        await server.shutdown(config.shutdown_grace)
     serving.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await serving
@@ -64,12 +70,45 @@ async def serve(config: Config) -> int:
 def build_server(config: Config, state: AppState) -> Server:
     ADMISSION.max_queue = config.max_queue
     public = ("/api/health", *WEB_ASSETS)  # the chat page's files hold no data
-    policy = SecurityPolicy.build(config.host, api_key=config.api_key,
+    return _server(config, build_router(state), config.host, config.port, public)
+
+
+def build_ollama_server(config: Config, state: AppState) -> Server | None:
+    """The second listener, with Ollama's API and the same access rules and limits."""
+    if config.ollama_bind is None:
+        return None
+    host, port = config.ollama_bind
+    # "/" only says "Ollama is running", which clients probe before they send a key
+    return _server(config, build_ollama_router(state), host, port, ("/",))
+
+
+def _server(config: Config, router: Router, host: str, port: int,
+            public: tuple[str, ...]) -> Server:
+    policy = SecurityPolicy.build(host, api_key=config.api_key,
                                   extra_hosts=tuple(config.allowed_hosts),
                                   cors_origins=tuple(config.cors_origins), public_paths=public)
-    return Server(build_router(state), config.host, config.port,
+    return Server(router, host, port,
                   keepalive_timeout=config.idle_timeout, header_timeout=config.header_timeout,
                   max_connections=config.max_connections, policy=policy, observer=METRICS)
+
+
+async def start_ollama_listener(config: Config, state: AppState) -> Server | None:
+    """Start the Ollama listener; if its address is taken (a real Ollama may run there)
+    or unusable, say so in one line and serve without it."""
+    server = build_ollama_server(config, state)
+    if server is None:
+        return None
+    try:
+        await server.start()
+    except OSError as exc:
+        port = server.port
+        why = "the address is in use (is Ollama running?)" if exc.errno == errno.EADDRINUSE \
+            else _why(exc, port)
+        print(f"shimmy: no Ollama API on {server.host}:{port}: {why}; --ollama-bind "
+              "HOST:PORT moves it", file=sys.stderr, flush=True)
+        return None
+    print(f"shimmy: Ollama API on http://{server.host}:{server.port}", flush=True)
+    return server
 
 
 def exposure_warning(config: Config) -> str | None:

@@ -34,16 +34,25 @@ def isolated_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 class ShimmyProcess:
-    """``shimmy serve`` in a subprocess on a free port."""
+    """``shimmy serve`` in a subprocess on a free port. The Ollama listener is off unless
+    ``args`` give ``--ollama-bind`` (``127.0.0.1:0``: a free port, then ``ollama_port``)."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        ollama = "--ollama-bind" in args and args[args.index("--ollama-bind") + 1] != "off"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shimmy", "serve", "--port", "0", *args],
+            [sys.executable, "-m", "shimmy", "serve", "--port", "0",
+             *([] if "--ollama-bind" in args else ["--ollama-bind", "off"]), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
         banner = self.proc.stdout.readline()
         match = re.search(r"http://[\w.]+:(\d+)", banner)
         assert match, f"no listening banner: {banner!r}"
         self.port = int(match.group(1))
+        self.ollama_port: int | None = None
+        if ollama:
+            line = self.proc.stdout.readline()
+            found = re.search(r"Ollama API on http://[\w.]+:(\d+)", line)
+            assert found, f"no Ollama listener: {line!r}"
+            self.ollama_port = int(found.group(1))
 
     def stop(self) -> str:
         self.proc.terminate()
@@ -60,7 +69,8 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     home = tmp_path_factory.mktemp("home")
     # kept loaded for the whole session: tests read its state long after the first request
     process = ShimmyProcess(["--model-path", str(model_path), "--parallel", "4",
-                             "--keep-alive", "-1"], isolated_env(home), home)
+                             "--keep-alive", "-1", "--ollama-bind", "127.0.0.1:0"],
+                            isolated_env(home), home)
     # load the model once so the first test does not pay for it
     status, _, body = request(process.port, "POST", "/api/generate",
                               {"prompt": "Hi", "max_tokens": 1})
@@ -72,6 +82,13 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture
 def port(server: ShimmyProcess) -> int:
     return server.port
+
+
+@pytest.fixture(scope="session")
+def ollama_port(server: ShimmyProcess) -> int:
+    """The session server's Ollama listener."""
+    assert server.ollama_port is not None
+    return server.ollama_port
 
 
 def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:

@@ -6,7 +6,6 @@ import http.client
 import json
 import socket
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import anthropic
@@ -14,15 +13,13 @@ import pytest
 from clients import busy_slots, connect, request, request_json
 from conftest import wait_until
 
-from shimmy.api.anthropic import MessageJob, _stop
-
 MODEL = "gemma-3-270m-q4_k_m"
 GREEDY = {"temperature": 0}
 ASK = [{"role": "user", "content": "Name three colours."}]
 # a prefilled count: the base model keeps counting, so answers are long and predictable
 COUNT = [{"role": "user", "content": "Count from 1 to 500."},
          {"role": "assistant", "content": "1, 2, 3,"}]
-STREAM_EVENTS = ["message_start", "content_block_start", "ping", "content_block_delta",
+STREAM_EVENTS = ["message_start", "ping", "content_block_start", "content_block_delta",
                  "content_block_stop", "message_delta", "message_stop"]
 
 
@@ -33,12 +30,13 @@ def client(port: int) -> anthropic.Anthropic:
                                max_retries=0, timeout=120)
 
 
-def sse_events(port: int, body: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+def sse_events(port: int, body: dict[str, Any], path: str = "/v1/messages",
+               headers: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(event name, data)`` of a raw streamed /v1/messages response."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        conn.request("POST", "/v1/messages", body=json.dumps({**body, "stream": True}),
-                     headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=json.dumps({**body, "stream": True}),
+                     headers={"Content-Type": "application/json", **(headers or {})})
         response = conn.getresponse()
         assert response.status == 200, response.read()
         assert response.getheader("content-type", "").startswith("text/event-stream")
@@ -130,17 +128,6 @@ def test_stop_sequences(client: anthropic.Anthropic) -> None:
     assert message.content[0].text == first[:first.index(stop)]
 
 
-def test_template_end_marker_is_end_turn() -> None:
-    def stop(finish: str, stop_string: str | None, sequences: list[str]) -> tuple:
-        generation = SimpleNamespace(finish_reason=finish, stop_string=stop_string)
-        return _stop(MessageJob(None, generation, sequences, False))
-
-    assert stop("stop", "<end_of_turn>", []) == ("end_turn", None)
-    assert stop("stop", None, ["x"]) == ("end_turn", None)
-    assert stop("stop", "x", ["x"]) == ("stop_sequence", "x")
-    assert stop("length", None, ["x"]) == ("max_tokens", None)
-
-
 def test_stream_with_the_client(client: anthropic.Anthropic) -> None:
     with client.messages.stream(model=MODEL, max_tokens=12, messages=COUNT, system="Count.",
                                 extra_body=GREEDY) as stream:
@@ -199,8 +186,14 @@ def assert_error(error: anthropic.APIStatusError, kind: str, *words: str) -> Non
 
 def test_unknown_model_is_not_found(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
-        client.messages.create(model="claude-nope", max_tokens=5, messages=ASK)
-    assert_error(caught.value, "not_found_error", "claude-nope")
+        client.messages.create(model="gpt-nope", max_tokens=5, messages=ASK)
+    assert_error(caught.value, "not_found_error", "gpt-nope")
+
+
+def test_claude_names_go_to_the_default_model(client: anthropic.Anthropic) -> None:
+    for name in ("claude-sonnet-4-5-20250929", "claude-3-5-haiku-20241022"):
+        message = client.messages.create(model=name, max_tokens=2, messages=ASK)
+        assert message.model == MODEL and message.usage.output_tokens >= 1
 
 
 @pytest.mark.parametrize(
@@ -208,18 +201,21 @@ def test_unknown_model_is_not_found(client: anthropic.Anthropic) -> None:
     [
         ({"max_tokens": None}, ["max_tokens"]),
         ({"max_tokens": 0}, ["max_tokens"]),
-        ({"max_tokens": 100_000}, ["context"]),
-        ({"messages": [{"role": "system", "content": "x"}]}, ["role"]),
+        ({"messages": [{"role": "tool", "content": "x"}]}, ["role"]),
         ({"messages": []}, ["messages"]),
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
             "type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]},
-         ["only text", "'image'"]),
+         ["Unsupported content block 'image'", "messages[0].content[0]"]),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result",
                                                      "tool_use_id": "t", "content": "x"}]}]},
-         ["only text", "'tool_result'"]),
-        ({"system": [{"type": "document", "source": {}}]}, ["only text"]),
+         ["tool_use_id 't'"]),
+        ({"system": [{"type": "document", "source": {}}]}, ["'document'", "system[0]"]),
         ({"temperature": 1.5}, ["temperature"]),
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, ["tools"]),
+        ({"tools": [{"name": "f", "input_schema": "object"}]}, ["tools[0].input_schema"]),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}],
+          "tool_choice": {"type": "tool", "name": "g"}}, ["'g'"]),
+        ({"tool_choice": {"type": "any"}}, ["tools"]),
+        ({"thinking": {"type": "sometimes"}}, ["thinking.type"]),
     ],
 )
 def test_bad_requests(client: anthropic.Anthropic, fields: dict, words: list[str]) -> None:

@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from clients import WsClient, connect, request_json, wait_closed
-from conftest import ShimmyProcess
+from clients import WsClient, busy_slots, connect, request_json, wait_closed
+from conftest import ShimmyProcess, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_metrics import scrape
@@ -242,6 +242,78 @@ def test_generated_http_requests_never_get_a_5xx(pipeline: Pipeline,
         assert status < 500, (data[:300], body[:300])
         if body and status >= 400:
             json.loads(body)  # errors are JSON in every family's shape
+
+
+# --- the Ollama listener: Ollama's request shapes; a context of 1 token refuses them all ---
+
+OLLAMA_EXAMPLES = 60
+OLLAMA_ROUTES = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
+                 "/api/show", "/api/pull")
+option_names = st.sampled_from(["temperature", "top_k", "top_p", "min_p", "typical_p", "seed",
+                                "num_predict", "stop", "repeat_penalty", "repeat_last_n",
+                                "num_keep", "use_mmap", "mirostat"]) | st.text(max_size=8)
+OLLAMA_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "model": st.sampled_from([MODEL, f"{MODEL}:latest", "default", "nope:7b", ""])
+    | json_values,
+    "messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "tool", "x"])},
+        optional={"content": st.text(max_size=30) | json_values, "images": json_values,
+                  "tool_calls": json_values, "tool_name": st.text(max_size=5) | json_values,
+                  "thinking": st.text(max_size=5) | json_values}), max_size=3) | json_values,
+    "prompt": st.text(max_size=40) | json_values, "suffix": st.text(max_size=10) | json_values,
+    "system": st.text(max_size=10) | json_values, "raw": st.booleans() | json_values,
+    "template": st.sampled_from(["{{ .Prompt }}", "{{ if .System }}x{{ end }}{{ .Prompt }}",
+                                 "{{ range .Messages }}", "{{ if"]) | json_values,
+    "context": st.lists(small_ints, max_size=4) | json_values,
+    "format": st.sampled_from(["json", "", "yaml"]) | schemas | json_values,
+    "options": st.dictionaries(option_names, leaves | json_values, max_size=4) | json_values,
+    "think": st.booleans() | st.sampled_from(["low", "max", "x"]) | json_values,
+    "tools": tools, "stream": st.booleans() | json_values,
+    "input": st.text(max_size=20) | st.lists(st.text(max_size=8), max_size=3) | json_values,
+    "truncate": st.booleans() | json_values, "dimensions": small_ints | json_values,
+}
+ollama_bodies = st.fixed_dictionaries({}, optional=OLLAMA_FIELDS) | json_values
+
+
+def one_token_context(body: Any) -> Any:
+    """Ollama clamps num_predict rather than refusing it; ``num_ctx`` 1 leaves no room, so
+    every generation is validated, rendered, tokenized and then refused with a 400."""
+    if not isinstance(body, dict):
+        return body
+    options = body.get("options")
+    return {**body, "options": {**(options if isinstance(options, dict) else {}),
+                                "num_ctx": 1}}
+
+
+def ollama_request(path: str, body: Any) -> tuple[str, bytes]:
+    return http_request("POST", path, one_token_context(body))
+
+
+@settings(FUZZ, max_examples=OLLAMA_EXAMPLES)
+@given(bodies=st.lists(ollama_bodies, min_size=BODIES, max_size=BODIES))
+def test_generated_ollama_requests_never_get_a_5xx(server: ShimmyProcess,
+                                                   server_errors_before: float,
+                                                   bodies: list[Any]) -> None:
+    assert server.ollama_port is not None
+    batch = [ollama_request(path, body) for body in bodies for path in OLLAMA_ROUTES]
+    # a connection per example: a slow example must not meet the keep-alive timeout
+    pipeline = Pipeline(server.ollama_port)
+    try:
+        answers = pipeline.exchange(batch)
+    finally:
+        pipeline.sock.close()
+    for (_, data), (status, body) in zip(batch, answers, strict=True):
+        COUNTS["ollama"] += 1
+        COUNTS[f"ollama {status}"] += 1
+        assert status < 500, (data[:300], body[:300])
+        if status >= 400:
+            assert set(json.loads(body)) == {"error"}, body[:300]  # Ollama's shape
+
+
+def test_the_ollama_listener_left_no_slot_busy(server: ShimmyProcess) -> None:
+    assert COUNTS["ollama"] >= OLLAMA_EXAMPLES * BODIES * len(OLLAMA_ROUTES), COUNTS
+    assert COUNTS["ollama 400"] > 100 and COUNTS["ollama 200"] > 10, COUNTS  # validated
+    assert wait_until(lambda: busy_slots(server.port) == 0, timeout=10)
 
 
 ws_messages = (shaped_bodies | json_values).map(

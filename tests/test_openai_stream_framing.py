@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from shimmy.api.openai import common
 from shimmy.api.openai.chat import ChatJob, _stream
-from shimmy.api.openai.tools import ToolPlan
+from shimmy.api.streams import with_pings
+from shimmy.chat.request import ChatRequest
+from shimmy.chat.run import ChatRun
+from shimmy.chat.syntax import OutputParser
 from shimmy.engine.scheduler import Generation, Sampling
+from shimmy.http.sse import SSE_PING
 
 
 class _Named:
@@ -38,7 +41,8 @@ async def _collect(chunks) -> list[bytes]:
 def test_failure_after_the_stream_began_is_an_error_event() -> None:
     async def scenario() -> list:
         generation = Generation([1, 2], 10, Sampling(), [])
-        job = ChatJob(_Named(), generation, ToolPlan(None, None, False), True, False, False)
+        run = ChatRun(_Named(), ChatRequest([]), generation, OutputParser("json", None), False)
+        job = ChatJob(run, True, False, False)
         task = asyncio.ensure_future(_collect(_stream(job)))
         generation._feed("Hel", None, 1, None, None)
         generation._feed("lo", None, 2, None, None)
@@ -63,7 +67,7 @@ def test_pings_keep_a_long_prompt_alive() -> None:
             generation._feed("x", "stop", 1, None, None)
             yield b"data: first\n\n"
 
-        return await _collect(common.with_pings(slow(), generation, interval=0.1))
+        return await _collect(with_pings(slow(), generation, lambda: SSE_PING, interval=0.1))
 
     chunks = asyncio.run(scenario())
     assert chunks[-1] == b"data: first\n\n"

@@ -3,6 +3,11 @@
 Used for OpenAI's ``response_format`` (``json_object`` and ``json_schema``) and for
 forced tool calls. Where a schema allows more than a grammar can say, the grammar
 accepts a subset: every text it accepts validates, not every valid text is accepted.
+Where a schema says what no grammar here can (the keywords below), the grammar is
+looser there instead of failing: a coding agent sends every tool's schema with every
+request, so one such keyword would otherwise fail them all. Only malformed schemas
+(a 'type' that names no type, 'required' that is not a list of strings, ...) and
+unsatisfiable ones raise ``SchemaError``; ``notes`` lists what was loosened.
 
 What follows from that:
 
@@ -18,14 +23,25 @@ What follows from that:
   [ceil(minimum), floor(maximum)], with a fraction only below the top integer, and
   no exponent. Numbers have at most 16 integer and 16 fraction digits.
 - Counts (``maxLength``, ``maxItems``, regex ``{m,n}``) above 2000 are lowered to
-  2000, llama.cpp's limit; minimum counts above that raise.
+  2000, llama.cpp's limit (minimum counts above that: see below).
 - ``pattern`` takes a regex subset, matched against the whole string: literals,
   classes, ``. \\d \\w \\s \\D \\W \\S``, groups, ``|`` and the usual quantifiers.
 - ``format``: date, time, date-time and uuid; others are annotations and ignored.
 - ``oneOf`` is treated as ``anyOf`` (branches are not checked for overlap), and
   ``enum``/``const`` values are checked against ``type`` only.
-- ``not``, ``if``, ``multipleOf``, ``uniqueItems``, ``patternProperties`` and the
-  like raise ``SchemaError``; unknown keywords are ignored, as validators do.
+- Loosened, never enforced: ``not``, ``if``/``then``/``else``, ``multipleOf``,
+  ``uniqueItems``, ``contains``/``minContains``/``maxContains``, ``dependentRequired``,
+  ``dependentSchemas``, ``dependencies``, ``$dynamicRef``, ``$recursiveRef``. Objects
+  without ``properties`` take keys matching ``propertyNames`` where it is expressible
+  (any string otherwise), and values matching ``additionalProperties`` or any of the
+  ``patternProperties`` schemas, whatever the key. Unknown keywords are ignored too.
+- Parts that cannot be expressed accept any value of their ``type`` (any JSON value
+  without one): a regex outside the subset (any string, lengths kept), ``$ref`` that is
+  remote, an anchor, dangling or left-recursive, allOf branches that disagree on a
+  keyword, ``anyOf`` with ``oneOf``, number bounds with no whole number between them
+  or beyond 16 digits, minimum counts above 2000. ``pattern`` wins over ``minLength``
+  and ``maxLength``; ``minProperties``/``maxProperties`` that the members contradict
+  are dropped, and a property whose schema is ``false`` is never generated.
 - Whitespace between tokens is one space, or a newline and up to 12 spaces or 6
   tabs, and none around the whole value.
 """
@@ -35,14 +51,25 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote
 
-MAX_REPEAT = 2000  # llama.cpp makes a larger {m,n} bound unbounded
-MAX_DIGITS = 16
-_MAX_INT = 10**MAX_DIGITS - 1
+from shimmy.api.json_grammar_parts import (
+    MAX_DIGITS,
+    MAX_INT,
+    MAX_REPEAT,
+    SEPARATOR,
+    RegexTranslator,
+    comma_list,
+    decimal_range,
+    group,
+    int_range,
+    literal,
+    repeat,
+    seq,
+)
 
 Path = tuple[str | int, ...]
 
@@ -85,9 +112,11 @@ _TYPE_KEYWORDS: dict[str, set[str]] = {
     "string": {"minLength", "maxLength", "pattern", "format"},
     "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"},
 }
-_UNSUPPORTED = {"not", "if", "then", "else", "patternProperties", "dependentRequired",
-                "dependentSchemas", "dependencies", "propertyNames", "contains", "minContains",
-                "maxContains", "multipleOf", "uniqueItems", "$dynamicRef", "$recursiveRef"}
+# Keywords no grammar here can express: ignored, so that a tool schema never fails a
+# request; 'propertyNames' and 'patternProperties' still shape objects without 'properties'.
+_LOOSENED = {"not", "if", "then", "else", "patternProperties", "dependentRequired",
+             "dependentSchemas", "dependencies", "propertyNames", "contains", "minContains",
+             "maxContains", "multipleOf", "uniqueItems", "$dynamicRef", "$recursiveRef"}
 # Keywords that constrain nothing; everything not handled is ignored like these.
 _ANNOTATIONS = {"title", "description", "default", "examples", "example", "$schema", "$id",
                 "$comment", "$anchor", "deprecated", "readOnly", "writeOnly", "$defs",
@@ -97,41 +126,37 @@ _UPPER_BOUNDS = {"maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxPro
 _FORMATS = {"date", "time", "date-time", "uuid"}
 
 _QUOTE = r'"\""'
-_CLASS_SPECIAL = "\\]-^["  # characters a GBNF class needs escaped
-_SEPARATOR = '"," ws'
 _RULE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _GBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{[^}]*\}|([A-Za-z][\w-]*)')
-_REGEX_COUNT = re.compile(r"\{(\d+)(,(\d*))?\}")
-# Characters that a JSON string holds only as escapes.
-_UNSAFE_RANGES = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]
-_UNSAFE_POINTS = [*range(0x20), 0x22, 0x5C, 0x7F]
-_SHORTHANDS = {
-    "d": [(0x30, 0x39)],
-    "w": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
-    "s": [(0x09, 0x0D), (0x20, 0x20)],
-}
-_ESCAPED_CODES = {"n": 0x0A, "t": 0x09, "r": 0x0D, "f": 0x0C, "v": 0x0B, "0": 0x00}
 
 
 class SchemaError(ValueError):
-    """A schema the converter cannot express; the message starts with its JSON pointer."""
+    """A malformed or unsatisfiable schema; the message starts with its JSON pointer."""
 
     def __init__(self, pointer: str, message: str) -> None:
         super().__init__(f"{pointer}: {message}")
         self.pointer = pointer
 
 
-def schema_to_gbnf(schema: dict[str, Any]) -> str:
-    """A grammar (root rule ``root``) for the JSON texts that match ``schema``."""
+class _Unsupported(SchemaError):
+    """A part the grammar cannot express: it gets a looser rule instead of failing."""
+
+
+def schema_to_gbnf(schema: dict[str, Any], notes: list[str] | None = None) -> str:
+    """A grammar (root rule ``root``) for the JSON texts that match ``schema``.
+
+    Each part of the schema that the grammar loosens is described in ``notes``.
+    """
     rules = _Rules()
-    return rules.render(_Converter(rules, schema).visit(schema, ()))
+    return rules.render(_Converter(rules, schema, notes=notes).visit(schema, ()))
 
 
-def tool_call_gbnf(tools: list[dict[str, Any]], name: str | None = None) -> str:
+def tool_call_gbnf(tools: list[dict[str, Any]], name: str | None = None,
+                   notes: list[str] | None = None) -> str:
     """A grammar for ``{"name": ..., "arguments": {...}}`` calling one of ``tools``.
 
     ``tools`` is OpenAI's list of ``{"type": "function", "function": {...}}``; with
-    ``name``, only that tool may be called.
+    ``name``, only that tool may be called. Loosened parts are described in ``notes``.
     """
     rules = _Rules()
     calls = []
@@ -139,10 +164,11 @@ def tool_call_gbnf(tools: list[dict[str, Any]], name: str | None = None) -> str:
         if name is not None and tool_name != name:
             continue
         base = f"#/tools/{index}/function/parameters"
-        converter = _Converter(rules, parameters, base, root_hint=f"{tool_name}-arguments")
+        converter = _Converter(rules, parameters, base, root_hint=f"{tool_name}-arguments",
+                               notes=notes)
         arguments = converter.visit(parameters, ())
-        body = _seq('"{" ws', _literal('"name"'), 'ws ":" ws', _literal(_dump(tool_name)),
-                    'ws "," ws', _literal('"arguments"'), 'ws ":" ws', arguments, 'ws "}"')
+        body = seq('"{" ws', literal('"name"'), 'ws ":" ws', literal(_dump(tool_name)),
+                    'ws "," ws', literal('"arguments"'), 'ws ":" ws', arguments, 'ws "}"')
         calls.append(rules.add(f"{tool_name}-call", body))
     if not calls:
         raise SchemaError("#/tools", f"no tool is named {name!r}" if name else "no tools given")
@@ -219,8 +245,9 @@ class _Converter:
     """Turns one schema document into rules; ``$ref`` pointers resolve within it."""
 
     def __init__(self, rules: _Rules, document: Any, base: str = "#",
-                 root_hint: str = "top") -> None:
+                 root_hint: str = "top", notes: list[str] | None = None) -> None:
         self.rules = rules
+        self.notes = [] if notes is None else notes
         self.document = document
         self.base = base
         self.root_hint = root_hint
@@ -231,13 +258,23 @@ class _Converter:
         self._inlining: list[Path] = []  # references being merged into an allOf
 
     def visit(self, schema: Any, path: Path, name: str | None = None) -> str:
-        """The rule (or literal) for ``schema``; ``name`` forces the rule's name."""
+        """The rule (or literal) for ``schema``; ``name`` forces the rule's name.
+
+        A part that the grammar cannot express accepts any value of its types instead.
+        """
+        try:
+            return self._visit(schema, path, name)
+        except _Unsupported as err:
+            self.notes.append(f"{err}; any value of its type is accepted there")
+            return self._emit(path, self._loose(schema, path), name)
+
+    def _visit(self, schema: Any, path: Path, name: str | None) -> str:
         if schema is True:
             return self._emit(path, "value", name)
         if not isinstance(schema, dict):
             raise self.error(path, "a schema that allows nothing" if schema is False
                              else "a schema must be an object or a boolean")
-        self._reject_unsupported(schema, path)
+        self._note_loosened(schema, path)
         if "$ref" in schema:
             return self._emit(path, self._ref(schema, path), name)
         if "allOf" in schema:
@@ -254,6 +291,12 @@ class _Converter:
 
     def error(self, path: Path, message: str) -> SchemaError:
         return SchemaError(self.pointer(path), message)
+
+    def unsupported(self, path: Path, message: str) -> SchemaError:
+        return _Unsupported(self.pointer(path), message)
+
+    def note(self, path: Path, message: str) -> None:
+        self.notes.append(f"{self.pointer(path)}: {message}")
 
     def pointer(self, path: Path) -> str:
         return self.base + "".join(
@@ -286,11 +329,26 @@ class _Converter:
             index += 1
         return "-".join(words[-2:]) or self.root_hint
 
-    def _reject_unsupported(self, schema: dict[str, Any], path: Path) -> None:
-        for key in sorted(_UNSUPPORTED & schema.keys()):
+    def _note_loosened(self, schema: dict[str, Any], path: Path) -> None:
+        for key in sorted(_LOOSENED & schema.keys()):
             if key == "uniqueItems" and (schema[key] is False or schema.get("maxItems", 2) <= 1):
                 continue
-            raise self.error(path, f"'{key}' is not supported")
+            if key == "propertyNames" and "properties" not in schema and not \
+                    schema.get("required"):
+                continue  # it shapes the keys of a map
+            self.note(path, f"'{key}' is not enforced")
+
+    def _loose(self, schema: Any, path: Path) -> str:
+        """Any value of the schema's types (any value at all when it names none)."""
+        if not isinstance(schema, dict):
+            return "value"
+        kinds = self._types(schema, path)
+        branches = schema.get("allOf")
+        if not kinds and isinstance(branches, list):  # the types all typed branches share
+            typed = [set(self._types(branch, path)) for branch in branches
+                     if isinstance(branch, dict) and "type" in branch]
+            kinds = [kind for kind in _TYPES if typed and all(kind in t for t in typed)]
+        return " | ".join(kinds) or "value"
 
     # ---- references and combinators
 
@@ -300,8 +358,8 @@ class _Converter:
             return self.visit({"allOf": [{"$ref": schema["$ref"]}, rest]}, path)
         target = self._resolve(schema["$ref"], path)
         if target in self._unguarded:
-            raise self.error(target, "$ref refers back to itself without an object or array "
-                                     "in between")
+            raise self.unsupported(target, "$ref refers back to itself without an object or "
+                                           "array in between")
         if target not in self._refs:
             self._refs[target] = self.rules.reserve(self._hint(target) or "ref")
             self._unguarded.append(target)
@@ -313,15 +371,16 @@ class _Converter:
 
     def _resolve(self, ref: Any, path: Path) -> Path:
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise self.error(path, f"only local '$ref' ('#/...') is supported, not {ref!r}")
+            raise self.unsupported(path, f"only local '$ref' ('#/...') is supported, not "
+                                         f"{ref!r}")
         fragment = unquote(ref[1:])
         if fragment and not fragment.startswith("/"):
-            raise self.error(path, f"'$ref' anchors are not supported: {ref!r}")
+            raise self.unsupported(path, f"'$ref' anchors are not supported: {ref!r}")
         parts = [p.replace("~1", "/").replace("~0", "~") for p in fragment.split("/")[1:]]
         try:
             self._at(tuple(parts))
         except (KeyError, IndexError, ValueError, TypeError):
-            raise self.error(path, f"'$ref' {ref!r} points at nothing") from None
+            raise self.unsupported(path, f"'$ref' {ref!r} points at nothing") from None
         return tuple(parts)
 
     def _at(self, path: Path) -> Any:
@@ -335,7 +394,7 @@ class _Converter:
         if isinstance(schema, dict) and "$ref" in schema:
             target = self._resolve(schema["$ref"], path)
             if target in self._inlining:
-                raise self.error(target, "'$ref' refers back to itself through 'allOf'")
+                raise self.unsupported(target, "'$ref' refers back to itself through 'allOf'")
             self._inlining.append(target)
             try:
                 resolved = self._deref(self._at(target), target)
@@ -359,7 +418,6 @@ class _Converter:
         for index, branch in enumerate(branches):
             branch_path = (*path, "allOf", index)
             branch = self._deref(branch, branch_path)
-            self._reject_unsupported(branch, branch_path)
             merged = self._merge(merged, branch, branch_path)
             if branch.get("additionalProperties") is False:
                 closed.append(branch)
@@ -380,7 +438,7 @@ class _Converter:
         for key, value in second.items():
             if key not in merged or merged[key] == value:
                 merged[key] = value
-            elif key in _ANNOTATIONS:
+            elif key in _ANNOTATIONS or key in _LOOSENED:
                 continue
             elif key == "properties":
                 merged[key] = _merge_properties(merged[key], value)
@@ -396,7 +454,7 @@ class _Converter:
             elif key in ("items", "additionalProperties", "unevaluatedProperties"):
                 merged[key] = _both(merged[key], value)
             else:
-                raise self.error(path, f"'{key}' differs between allOf branches")
+                raise self.unsupported(path, f"'{key}' differs between allOf branches")
         return merged
 
     def _common_types(self, first: Any, second: Any, path: Path) -> list[str]:
@@ -411,7 +469,7 @@ class _Converter:
 
     def _any_of(self, schema: dict[str, Any], path: Path) -> str:
         if "anyOf" in schema and "oneOf" in schema:
-            raise self.error(path, "'anyOf' and 'oneOf' together are not supported")
+            raise self.unsupported(path, "'anyOf' and 'oneOf' together are not supported")
         key = "anyOf" if "anyOf" in schema else "oneOf"
         branches = schema[key]
         if not isinstance(branches, list) or not branches:
@@ -438,7 +496,7 @@ class _Converter:
         if not values:
             raise self.error(path, "no 'enum' or 'const' value has the allowed 'type'")
         try:
-            return " | ".join(dict.fromkeys(_literal(_dump(v)) for v in values))
+            return " | ".join(dict.fromkeys(literal(_dump(v)) for v in values))
         except ValueError as err:
             raise self.error(path, f"'enum' or 'const' holds a non-JSON value: {err}") from None
 
@@ -484,28 +542,33 @@ class _Converter:
         low, high = self._count_range(schema, "minLength", "maxLength", path)
         pattern = schema.get("pattern")
         if pattern is not None:
-            if low or high is not None:
-                raise self.error(path, "'pattern' with 'minLength' or 'maxLength' is not "
-                                       "supported")
-            return _seq(_QUOTE, self._pattern(pattern, path), _QUOTE)
+            try:
+                translated = self._pattern(pattern, path)
+            except _Unsupported as err:  # the lengths still hold
+                self.notes.append(f"{err}; any string is accepted there")
+            else:
+                if low or high is not None:
+                    self.note(path, "'minLength' and 'maxLength' are not enforced beside "
+                                    "'pattern'")
+                return seq(_QUOTE, translated, _QUOTE)
         if schema.get("format") in _FORMATS and not low and high is None:
-            return _seq(_QUOTE, schema["format"], _QUOTE)
-        return _seq(_QUOTE, _repeat("char", low, high), _QUOTE)
+            return seq(_QUOTE, schema["format"], _QUOTE)
+        return seq(_QUOTE, repeat("char", low, high), _QUOTE)
 
     def _pattern(self, pattern: Any, path: Path) -> str:
         if not isinstance(pattern, str):
             raise self.error(path, "'pattern' must be a string")
 
         def fail(message: str) -> SchemaError:
-            return self.error(path, f"'pattern' {pattern!r}: {message}")
+            return self.unsupported(path, f"'pattern' {pattern!r}: {message}")
 
-        return _RegexTranslator(pattern, self.rules, f"{self._hint(path)}-pattern", fail).run()
+        return RegexTranslator(pattern, self.rules, f"{self._hint(path)}-pattern", fail).run()
 
     def _integer(self, schema: dict[str, Any], path: Path) -> str:
         low, high = self._bounds(schema, path)
         if low is None and high is None:
             return "integer"
-        return _int_range(-_MAX_INT if low is None else low, _MAX_INT if high is None else high)
+        return int_range(-MAX_INT if low is None else low, MAX_INT if high is None else high)
 
     def _number(self, schema: dict[str, Any], path: Path) -> str:
         low, high = self._bounds(schema, path)
@@ -513,10 +576,10 @@ class _Converter:
             return "number"
         parts = []
         if high is None or high >= 0:
-            parts.append(_decimal_range(max(low or 0, 0), high))
+            parts.append(decimal_range(max(low or 0, 0), high))
         if low is None or low < 0:
             smallest = 0 if high is None or high >= 0 else -high
-            parts.append(_seq('"-"', _group(_decimal_range(smallest, None if low is None
+            parts.append(seq('"-"', group(decimal_range(smallest, None if low is None
                                                            else -low))))
         return " | ".join(parts)
 
@@ -535,13 +598,14 @@ class _Converter:
         if not isinstance(exclusive_max, bool) and exclusive_max is not None:
             highs.append(math.ceil(self._numeric(schema, "exclusiveMaximum", path)) - 1)
         low, high = max(lows, default=None), min(highs, default=None)
-        if (low is not None and low > _MAX_INT) or (high is not None and high < -_MAX_INT):
-            raise self.error(path, f"bounds beyond {MAX_DIGITS} digits are not supported")
+        if (low is not None and low > MAX_INT) or (high is not None and high < -MAX_INT):
+            raise self.unsupported(path, f"bounds beyond {MAX_DIGITS} digits are not "
+                                         "supported")
         if low is not None and high is not None and low > high:
-            raise self.error(path, "no whole number lies within the bounds (fractions are "
-                                   "generated only below a whole number that does)")
-        return (None if low is None else max(low, -_MAX_INT),
-                None if high is None else min(high, _MAX_INT))
+            raise self.unsupported(path, "no whole number lies within the bounds (fractions "
+                                         "are generated only below a whole number that does)")
+        return (None if low is None else max(low, -MAX_INT),
+                None if high is None else min(high, MAX_INT))
 
     def _numeric(self, schema: dict[str, Any], key: str, path: Path) -> float | None:
         value = schema.get(key)
@@ -558,7 +622,7 @@ class _Converter:
                 raise self.error(path, f"'{key}' must be a non-negative integer")
         low = int(low)
         if low > MAX_REPEAT:
-            raise self.error(path, f"'{min_key}' above {MAX_REPEAT} is not supported")
+            raise self.unsupported(path, f"'{min_key}' above {MAX_REPEAT} is not supported")
         if high is None:
             return low, None
         if high < low:
@@ -575,8 +639,10 @@ class _Converter:
         extra = schema.get("additionalProperties", schema.get("unevaluatedProperties", True))
         if properties is None and not required:
             return self._map(schema, extra, path)
+        # A property whose schema is false may not appear: it is not generated.
         members = {name: (sub, (*path, "properties", name))
-                   for name, sub in (properties or {}).items()}
+                   for name, sub in (properties or {}).items()
+                   if sub is not False or name in required}
         for name in required:
             if name not in members:
                 if extra is False:
@@ -586,47 +652,68 @@ class _Converter:
         kvs = {name: self._member(name, *members[name]) for name in members}
         mandatory = [kv for name, kv in kvs.items() if name in required]
         optional = [kv for name, kv in kvs.items() if name not in required]
-        return _seq('"{" ws', self._members(mandatory, optional, path), '"}"')
+        return seq('"{" ws', self._members(mandatory, optional, path), '"}"')
 
     def _member(self, name: str, schema: Any, path: Path) -> str:
         value = self.visit(schema, path)
-        body = _seq(_literal(_dump(name)), 'ws ":" ws', value)
+        body = seq(literal(_dump(name)), 'ws ":" ws', value)
         return self.rules.add(f"{self._hint(path)}-kv", body)
 
     def _members(self, mandatory: list[str], optional: list[str], path: Path) -> str:
-        first = f" {_SEPARATOR} ".join(f"{kv} ws" for kv in mandatory)
+        first = f" {SEPARATOR} ".join(f"{kv} ws" for kv in mandatory)
         if mandatory:
-            return _seq(first, *(f"( {_SEPARATOR} {kv} ws )?" for kv in optional))
+            return seq(first, *(f"( {SEPARATOR} {kv} ws )?" for kv in optional))
         if not optional:
             return ""
         # The first member present takes no comma: one alternative per possible first.
         tails = [""]
         for kv in reversed(optional[1:]):
             tails.insert(0, self.rules.add(f"{self._hint(path)}-rest",
-                                           _seq(f"( {_SEPARATOR} {kv} ws )?", tails[0])))
-        firsts = [_seq(kv, "ws", tail) for kv, tail in zip(optional, tails, strict=True)]
+                                           seq(f"( {SEPARATOR} {kv} ws )?", tails[0])))
+        firsts = [seq(kv, "ws", tail) for kv, tail in zip(optional, tails, strict=True)]
         return f"( {' | '.join(firsts)} )?"
 
     def _check_property_counts(self, schema: dict[str, Any], n_required: int, n_all: int,
                                path: Path) -> None:
         low, high = self._count_range(schema, "minProperties", "maxProperties", path)
         if low > n_required:
-            raise self.error(path, "'minProperties' above the number of required "
-                                   "properties is not supported")
+            self.note(path, "'minProperties' above the number of required properties is "
+                            "not enforced")
         if high is not None and high < n_all:
-            raise self.error(path, "'maxProperties' below the number of properties is not "
-                                   "supported")
+            self.note(path, "'maxProperties' below the number of properties is not enforced")
 
     def _map(self, schema: dict[str, Any], extra: Any, path: Path) -> str:
-        if extra is False:
+        """An object without 'properties': keys from 'propertyNames' (any string when
+        it cannot be expressed), values from 'additionalProperties' or, loosely, from
+        any of 'patternProperties' whatever the key."""
+        values = [(extra, (*path, "additionalProperties"))] if extra is not False else []
+        patterns = schema.get("patternProperties")
+        if isinstance(patterns, dict):
+            values += [(sub, (*path, "patternProperties", key)) for key, sub in patterns.items()]
+        key = self._property_name(schema, path)
+        if not values or key is None:
             return '"{" ws "}"'
-        value = self.visit(extra, (*path, "additionalProperties"))
-        member = self.rules.add(f"{self._hint(path)}-member",
-                                _seq('string ws ":" ws', value))
+        value = " | ".join(dict.fromkeys(self.visit(sub, at) for sub, at in values))
+        value = self.rules.add(f"{self._hint(path)}-value", value)
+        member = self.rules.add(f"{self._hint(path)}-member", seq(key, 'ws ":" ws', value))
         low, high = self._count_range(schema, "minProperties", "maxProperties", path)
         if low > 1:  # a repeated key would leave fewer properties than were generated
-            raise self.error(path, "'minProperties' above 1 needs 'properties'")
-        return _seq('"{" ws', _list(member, low, high), '"}"')
+            self.note(path, "'minProperties' above 1 without 'properties' is lowered to 1")
+            low = 1
+        return seq('"{" ws', comma_list(member, low, high), '"}"')
+
+    def _property_name(self, schema: dict[str, Any], path: Path) -> str | None:
+        """The rule for a key under 'propertyNames', or None when no key is allowed."""
+        names = schema.get("propertyNames", True)
+        if names is False:
+            return None
+        if not isinstance(names, dict) or not _constraints(names):
+            return "string"
+        try:
+            return self.visit({**names, "type": "string"}, (*path, "propertyNames"))
+        except SchemaError as err:
+            self.notes.append(f"{err}; any string is accepted as a key there")
+            return "string"
 
     def _array(self, schema: dict[str, Any], path: Path) -> str:
         items, prefix, prefix_key = schema.get("items"), schema.get("prefixItems"), "prefixItems"
@@ -645,328 +732,11 @@ class _Converter:
         if rest is None and low > len(prefix):
             raise self.error(path, "'minItems' asks for more items than the schema allows")
         if not heads:
-            return _seq('"["', "ws", _list(rest, low, high) if rest else "", '"]"')
+            return seq('"["', "ws", comma_list(rest, low, high) if rest else "", '"]"')
         extra_high = None if high is None else high - len(heads)
-        extras = _repeat(f"( {_SEPARATOR} {rest} ws )", max(low - len(heads), 0),
+        extras = repeat(f"( {SEPARATOR} {rest} ws )", max(low - len(heads), 0),
                          extra_high) if rest else ""
-        return _seq('"[" ws', f" {_SEPARATOR} ".join(f"{h} ws" for h in heads), extras, '"]"')
-
-
-class _RegexTranslator:
-    """The subset of a regex that GBNF can say, over the text of a JSON string.
-
-    The grammar matches the whole string; an unanchored pattern also matches longer
-    strings, so this is still a subset of what the pattern accepts.
-    """
-
-    def __init__(self, pattern: str, rules: _Rules, hint: str,
-                 fail: Callable[[str], SchemaError]) -> None:
-        self.rules, self.hint, self.fail = rules, hint, fail
-        start = 1 if pattern.startswith("^") else 0
-        anchored_end = pattern.endswith("$") and len(pattern) > start and \
-            _even_backslashes_before(pattern, len(pattern) - 1)
-        end = len(pattern) - 1 if anchored_end else len(pattern)
-        self.text, self.pos = pattern[start:end], 0
-
-    def run(self) -> str:
-        expression = self._alternatives()
-        if self.pos < len(self.text):
-            raise self.fail(f"unmatched ')' at {self.pos}")
-        return _group(expression)
-
-    def _peek(self, ahead: int = 0) -> str | None:
-        index = self.pos + ahead
-        return self.text[index] if index < len(self.text) else None
-
-    def _take(self) -> str:
-        char = self._peek()
-        if char is None:
-            raise self.fail("unexpected end")
-        self.pos += 1
-        return char
-
-    def _alternatives(self) -> str:
-        branches = [self._sequence()]
-        while self._peek() == "|":
-            self.pos += 1
-            branches.append(self._sequence())
-        return " | ".join(branches)
-
-    def _sequence(self) -> str:
-        items = []
-        while self._peek() not in (None, "|", ")"):
-            items.append(self._quantified(*self._atom()))
-        return _seq(*items)
-
-    def _atom(self) -> tuple[str, bool]:
-        """An expression, and whether it is a single symbol (so it repeats as a whole)."""
-        char = self._take()
-        if char == "(":
-            return self._group(), False
-        if char == "[":
-            return _char_set(*self._class())
-        if char == ".":
-            return "regex-dot", True
-        if char == "\\":
-            return self._escape()
-        if char in "^$":
-            raise self.fail("anchors are supported only at the start and the end")
-        if char in "*+?" or (char == "{" and _REGEX_COUNT.match(self.text, self.pos - 1)):
-            raise self.fail(f"nothing to repeat at {self.pos - 1}")
-        return _json_char(ord(char)), True
-
-    def _group(self) -> str:
-        if self._peek() == "?":
-            rest = self.text[self.pos:]
-            if rest.startswith("?:"):
-                self.pos += 2
-            elif re.match(r"\?P?<[A-Za-z_]\w*>", rest):
-                self.pos = self.text.index(">", self.pos) + 1
-            else:
-                raise self.fail("lookarounds and inline flags are not supported")
-        inner = self._alternatives()
-        if self._peek() != ")":
-            raise self.fail("missing ')'")
-        self.pos += 1
-        return f"( {inner} )"
-
-    def _quantified(self, expression: str, single: bool) -> str:
-        char = self._peek()
-        counts = {"*": (0, None), "+": (1, None), "?": (0, 1)}
-        if char in counts:
-            self.pos += 1
-            low, high = counts[char]
-        elif char == "{" and (match := _REGEX_COUNT.match(self.text, self.pos)):
-            self.pos = match.end()
-            low = high = int(match.group(1))
-            if match.group(2) is not None:
-                high = int(match.group(3)) if match.group(3) else None
-        else:
-            return expression
-        if self._peek() == "?":  # lazy or greedy, the strings that match are the same
-            self.pos += 1
-        if high is not None and high < low:
-            raise self.fail("a {m,n} count with n below m")
-        if low > MAX_REPEAT:
-            raise self.fail(f"counts above {MAX_REPEAT} are not supported")
-        if not single:
-            # llama.cpp multiplies nested counts within one rule; a rule reference resets that.
-            expression = self.rules.add(self.hint, expression)
-        return _repeat(expression, low, None if high is None else min(high, MAX_REPEAT))
-
-    def _escape(self) -> tuple[str, bool]:
-        char = self._take()
-        if char in _SHORTHANDS:
-            return _char_set(_SHORTHANDS[char], negated=False)
-        if char.lower() in _SHORTHANDS and char.isupper():
-            return _char_set(_SHORTHANDS[char.lower()], negated=True, ascii_only=True)
-        return _json_char(self._escaped_code(char, in_class=False)), True
-
-    def _escaped_code(self, char: str, in_class: bool) -> int:
-        if char in _ESCAPED_CODES:
-            return _ESCAPED_CODES[char]
-        if char == "b" and in_class:
-            return 0x08
-        if char in "xu":
-            digits = self.text[self.pos:self.pos + (2 if char == "x" else 4)]
-            if not re.fullmatch(r"[0-9a-fA-F]{2}" if char == "x" else r"[0-9a-fA-F]{4}", digits):
-                raise self.fail(f"bad '\\{char}' escape")
-            self.pos += len(digits)
-            return int(digits, 16)
-        if char.isalnum() or not char.isascii():
-            raise self.fail(f"'\\{char}' is not supported")
-        return ord(char)
-
-    def _class(self) -> tuple[list[tuple[int, int]], bool, bool]:
-        """A bracket expression: its ranges, whether negated, and whether shorthands occur."""
-        negated = self._peek() == "^"
-        self.pos += negated
-        if self._peek() == "]":
-            raise self.fail("empty character classes are not supported")
-        ranges: list[tuple[int, int]] = []
-        shorthand = False
-        while (char := self._take()) != "]":
-            if char == "\\" and self._peek() in _SHORTHANDS:
-                ranges.extend(_SHORTHANDS[self._take()])
-                shorthand = True
-                continue
-            low = self._class_char(char)
-            high = low
-            if self._peek() == "-" and self._peek(1) not in (None, "]"):
-                self.pos += 1
-                high = self._class_char(self._take())
-                if high < low:
-                    raise self.fail("a character range runs backwards")
-            ranges.append((low, high))
-        return ranges, negated, shorthand
-
-    def _class_char(self, char: str) -> int:
-        return self._escaped_code(self._take(), in_class=True) if char == "\\" else ord(char)
-
-
-def _char_set(ranges: list[tuple[int, int]], negated: bool,
-              ascii_only: bool = False) -> tuple[str, bool]:
-    """GBNF for one character of a regex class, as it appears inside a JSON string."""
-    if negated and ascii_only:
-        # Python's \D, \W and [^\d] also refuse non-ASCII digits and letters: stay in ASCII.
-        ranges, negated = _subtract([(0x20, 0x7E)], ranges), False
-    if negated:
-        alternatives = [_gbnf_class(ranges + _UNSAFE_RANGES, negated=True)]
-        points = [p for p in (0x22, 0x5C) if not _covers(ranges, p)]
-    else:
-        safe = _subtract(ranges, _UNSAFE_RANGES)
-        alternatives = [_gbnf_class(safe, negated=False)] if safe else []
-        points = [p for p in _UNSAFE_POINTS if _covers(ranges, p)]
-    alternatives += [_literal(json.dumps(chr(p))[1:-1]) for p in points]
-    if len(alternatives) == 1:
-        return alternatives[0], True
-    return f"( {' | '.join(alternatives)} )", False
-
-
-def _subtract(ranges: list[tuple[int, int]],
-              removed: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    pieces = list(ranges)
-    for cut_low, cut_high in removed:
-        kept = []
-        for low, high in pieces:
-            if cut_high < low or cut_low > high:
-                kept.append((low, high))
-                continue
-            if low < cut_low:
-                kept.append((low, cut_low - 1))
-            if high > cut_high:
-                kept.append((cut_high + 1, high))
-        pieces = kept
-    return pieces
-
-
-def _covers(ranges: list[tuple[int, int]], point: int) -> bool:
-    return any(low <= point <= high for low, high in ranges)
-
-
-def _even_backslashes_before(text: str, index: int) -> bool:
-    count = 0
-    while index - count - 1 >= 0 and text[index - count - 1] == "\\":
-        count += 1
-    return count % 2 == 0
-
-
-# ---- numbers
-
-
-def _int_range(low: int, high: int) -> str:
-    """The integers low..high in JSON, without leading zeros or '-0'."""
-    parts = []
-    if low < 0:
-        parts.append(_seq('"-"', _group(_uint_range(max(-high, 1), -low))))
-    if high >= 0:
-        parts.append(_uint_range(max(low, 0), high))
-    return " | ".join(parts)
-
-
-def _decimal_range(low: int, high: int | None) -> str:
-    """Non-negative decimals from ``low`` up to ``high`` (unbounded if None)."""
-    if high is None:
-        return f"{_group(_uint_range(low, _MAX_INT))} fraction?"
-    if low == high:
-        return f'"{high}"'
-    return f"{_group(_uint_range(low, high - 1))} fraction? | \"{high}\""
-
-
-def _uint_range(low: int, high: int) -> str:
-    """The integers low..high (0 <= low <= high) as alternatives, one per digit count."""
-    parts, full_lengths = [], []
-    for length in range(len(str(low)), len(str(high)) + 1):
-        first = max(low, 10 ** (length - 1) if length > 1 else 0)
-        last = min(high, 10**length - 1)
-        if length > 1 and first == 10 ** (length - 1) and last == 10**length - 1:
-            full_lengths.append(length)
-        else:
-            parts.append(_same_length(str(first), str(last)))
-    if full_lengths:
-        parts.append(_seq("[1-9]", _repeat("[0-9]", full_lengths[0] - 1, full_lengths[-1] - 1)))
-    return " | ".join(parts)
-
-
-def _same_length(low: str, high: str) -> str:
-    """Digit strings from ``low`` to ``high``, which have the same length."""
-    if low == high:
-        return f'"{low}"' if low else ""
-    if low[0] == high[0]:
-        return _seq(f'"{low[0]}"', _group(_same_length(low[1:], high[1:])))
-    rest = len(low) - 1
-    low_whole, high_whole = low[1:] == "0" * rest, high[1:] == "9" * rest
-    first = int(low[0]) + (not low_whole)
-    last = int(high[0]) - (not high_whole)
-    parts = [] if low_whole else [_seq(f'"{low[0]}"', _group(_same_length(low[1:], "9" * rest)))]
-    if first <= last:
-        parts.append(_seq(_digit_class(str(first), str(last)), _repeat("[0-9]", rest, rest)))
-    if not high_whole:
-        parts.append(_seq(f'"{high[0]}"', _group(_same_length("0" * rest, high[1:]))))
-    return " | ".join(parts)
-
-
-def _digit_class(low: str, high: str) -> str:
-    return f'"{low}"' if low == high else f"[{low}-{high}]"
-
-
-# ---- small helpers
-
-
-def _list(item: str, low: int, high: int | None) -> str:
-    """``item`` low..high times, comma-separated, each followed by whitespace."""
-    if high == 0:
-        return ""
-    more = _repeat(f"( {_SEPARATOR} {item} ws )", max(low - 1, 0),
-                   None if high is None else high - 1)
-    body = _seq(item, "ws", more)
-    return body if low > 0 else f"( {body} )?"
-
-
-def _repeat(symbol: str, low: int, high: int | None) -> str:
-    if high == 0:
-        return ""
-    if high is None:
-        return {0: f"{symbol}*", 1: f"{symbol}+"}.get(low, f"{symbol}{{{low},}}")
-    if low == high:
-        return symbol if low == 1 else f"{symbol}{{{low}}}"
-    return f"{symbol}?" if (low, high) == (0, 1) else f"{symbol}{{{low},{high}}}"
-
-
-def _seq(*parts: str) -> str:
-    return " ".join(part for part in parts if part)
-
-
-def _group(expression: str) -> str:
-    return f"( {expression} )" if "|" in expression else expression
-
-
-def _literal(text: str) -> str:
-    """A GBNF string literal matching ``text`` exactly."""
-    return '"' + "".join(_gbnf_char(ord(c), special='"\\') for c in text) + '"'
-
-
-def _gbnf_class(ranges: list[tuple[int, int]], negated: bool) -> str:
-    members = "".join(_gbnf_char(low, _CLASS_SPECIAL) +
-                      ("-" + _gbnf_char(high, _CLASS_SPECIAL) if high != low else "")
-                      for low, high in ranges)
-    return f"[{'^' if negated else ''}{members}]"
-
-
-def _gbnf_char(point: int, special: str) -> str:
-    char = chr(point)
-    if 0x20 <= point < 0x7F and char not in special:
-        return char
-    if char in '"\\':
-        return "\\" + char
-    if point <= 0xFF:
-        return f"\\x{point:02X}"
-    return f"\\u{point:04X}" if point <= 0xFFFF else f"\\U{point:08X}"
-
-
-def _json_char(point: int) -> str:
-    """A literal for one character as a JSON string spells it."""
-    return _literal(json.dumps(chr(point), ensure_ascii=False)[1:-1])
+        return seq('"[" ws', f" {SEPARATOR} ".join(f"{h} ws" for h in heads), extras, '"]"')
 
 
 def _dump(value: Any) -> str:

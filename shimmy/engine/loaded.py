@@ -42,6 +42,7 @@ class EngineSettings:
     kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
     draft: int = 3  # tokens guessed ahead per step (bf16 and q8_0 caches only)
     prompt_cache: int = 0  # bytes of replaced slots' cells kept in memory (see PromptCache)
+    max_tokens: int = 0  # the most tokens one answer may generate; 0: no cap
 
 
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
@@ -72,6 +73,7 @@ class LoadedModel:
         started = time.perf_counter()
         self.name = name
         self.path = path
+        self.max_tokens = settings.max_tokens
         self.info = info
         self.embeddings_only = is_embedding_model(info)
         self.model = sampler.Model(str(path), settings.gpu_layers, settings.use_mmap,
@@ -151,6 +153,8 @@ class LoadedModel:
             raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
                                   "generate text", "The model does not generate text", "model")
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else prompt
+        if self.max_tokens:
+            max_tokens = min(max_tokens, self.max_tokens)
         n_vocab = self.model.n_vocab
         if any(not 0 <= token < n_vocab for token in sampling.logit_bias):
             raise invalid_request(f"'logit_bias' names a token id outside 0-{n_vocab - 1}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shimmy.api.openai import responses
 from shimmy.api.openai.chat import ChatCompletions
 from shimmy.api.openai.completions import Completions
 from shimmy.api.openai.embeddings import Embeddings
@@ -18,4 +19,5 @@ def register(router: Router, state: AppState) -> None:
     router.add("POST", "/v1/chat/completions", ChatCompletions(state).handle)
     router.add("POST", "/v1/completions", Completions(state).handle)
     router.add("POST", "/v1/embeddings", Embeddings(state).handle)
+    responses.register(router, state)
     router.error_shape("/v1", openai_error_body)

@@ -1,31 +1,36 @@
-"""``POST /v1/chat/completions``: the model's chat template, tools, JSON modes, streaming."""
+"""``POST /v1/chat/completions``: OpenAI's chat shape in and out of the chat layer.
+
+Thinking comes out as ``reasoning_content`` (as llama-server and vLLM send it), tool calls
+as ``tool_calls`` whose arguments stream in pieces as the model writes them.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from shimmy.api import params
-from shimmy.api.openai import common, tools
+from shimmy.api.openai import common
 from shimmy.api.openai.errors import openai_error_body
 from shimmy.api.state import AppState
-from shimmy.engine.loaded import LoadedModel
-from shimmy.engine.scheduler import Generation, GenerationError
-from shimmy.errors import generation_failed, invalid_request
+from shimmy.chat.events import (
+    Finish,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+)
+from shimmy.chat.request import ChatRequest
+from shimmy.chat.run import ChatRun, start_chat
+from shimmy.errors import ApiError, invalid_request
 from shimmy.http.sse import SSE_DONE, TEXT_SLOT, TextEvents, sse_data
 from shimmy.http.types import Request, Response, StreamResponse
-from shimmy.logs import attach
-from shimmy.models.chat_template import ChatTemplateError, normalize_messages
-from shimmy.security import check_capacity
 
 
 @dataclass(slots=True)
 class ChatJob:
-    model: LoadedModel
-    generation: Generation
-    plan: tools.ToolPlan
+    run: ChatRun
     stream: bool
     include_usage: bool
     logprobs: bool
@@ -39,138 +44,132 @@ class ChatCompletions:
 
     async def handle(self, request: Request) -> Response | StreamResponse:
         job = await self.start(params.require_object(request.json()))
-        return await common.respond(job.generation, job.stream, lambda: _stream(job),
+        return await common.respond(job.run.generation, job.stream, lambda: _stream(job),
                                     lambda: _complete(job))
 
     async def start(self, body: dict[str, Any]) -> ChatJob:
         model = await self.state.pool.get(params.string(body, "model", "default"),
                                           params.keep_alive(body))
-        check_capacity(model)
         if "messages" not in body:
             raise invalid_request("'messages' is required", param="messages")
         common.require_n_one(body)
-        plan = tools.plan(body)
         stream = params.boolean(body, "stream", False)
         include_usage = common.stream_options(body, stream)
         logprobs = params.boolean(body, "logprobs", False)
         top = params.integer(body, "top_logprobs", 0, 0, 20)
         if top and not logprobs:
             raise invalid_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-        prompt = render_prompt(model, body["messages"], plan.tools)
-        sampling = common.sampling(body)
-        sampling.grammar = _grammar(body, plan)
-        limit = common.max_tokens(body, model, len(prompt),
-                                  ("max_completion_tokens", "max_tokens"), None)
-        stops = params.stop_strings(body) + model.chat_template.stop_strings()
-        generation = model.generate(prompt, limit, sampling, stops,
-                                    params.boolean(body, "ignore_eos", False),
-                                    top if logprobs else -1)
-        attach(model.name, generation)
-        return ChatJob(model, generation, plan, stream, include_usage, logprobs)
+        request = chat_request(body)
+        request.logprobs = top if logprobs else -1
+        run = await start_chat(model, request)
+        return ChatJob(run, stream, include_usage, logprobs)
 
 
-def render_prompt(model: LoadedModel, messages: Any,
-                  tool_list: list[dict[str, Any]] | None = None) -> list[int]:
-    """Messages through the model's chat template, tokenized with its control tokens.
-
-    A template that knows nothing of tools gets them described in the system message.
-    """
-    engine_model = model.model
-    template = model.chat_template
-    try:
-        messages = normalize_messages(messages)
-        if not template.supports_tools:
-            messages = tools.without_tool_roles(messages)
-            if tool_list:
-                messages, tool_list = tools.describe_in_system(messages, tool_list), None
-        text = template.render(
-            messages,
-            bos_token=engine_model.token_text(engine_model.bos_token),
-            eos_token=engine_model.token_text(engine_model.eos_token),
-            add_generation_prompt=True,
-            tools=tool_list,
-        )
-    except ChatTemplateError as exc:
-        raise invalid_request(str(exc), param="messages") from None
-    return model.tokenize(text, special=True)
-
-
-def _grammar(body: dict[str, Any], plan: tools.ToolPlan) -> str | None:
-    from shimmy.api.json_grammar import SchemaError, tool_call_gbnf  # 20 ms: on first use
-
-    if plan.forced is not None:
-        name = None if plan.forced == "required" else plan.forced
-        try:
-            return tool_call_gbnf(plan.tools or [], name)
-        except SchemaError as exc:
-            raise invalid_request(f"a tool's parameters: {exc}", param="tools") from None
-    return response_format_grammar(body.get("response_format"))
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    """The chat layer's request for an OpenAI chat body (model and stream aside)."""
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise invalid_request("'chat_template_kwargs' must be an object",
+                              param="chat_template_kwargs")
+    thinking = kwargs.get("enable_thinking")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in ("minimal", "low", "medium", "high"):
+        raise invalid_request("'reasoning_effort' must be 'low', 'medium' or 'high'",
+                              param="reasoning_effort")
+    return ChatRequest(
+        messages=body["messages"],
+        tools=body.get("tools") or None,
+        tool_choice=tool_choice(body.get("tool_choice"), bool(body.get("tools"))),
+        parallel_tool_calls=params.boolean(body, "parallel_tool_calls", True),
+        max_tokens=_max_tokens(body),
+        sampling=common.sampling(body),
+        response_format=response_format(body.get("response_format")),
+        thinking=thinking if isinstance(thinking, bool) else None,
+        reasoning_effort=effort,
+        template_kwargs={k: v for k, v in kwargs.items() if k != "enable_thinking"},
+        stop=params.stop_strings(body),
+        ignore_eos=params.boolean(body, "ignore_eos", False),
+        session=body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"),
+                                                           str) else None,
+    )
 
 
-def response_format_grammar(fmt: Any) -> str | None:
-    from shimmy.api.json_grammar import JSON_VALUE_GBNF, SchemaError, schema_to_gbnf
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if body.get(key) is not None:
+            return params.integer(body, key, 0, 1, 10_000_000)
+    return None
 
+
+def tool_choice(choice: Any, has_tools: bool) -> str:
+    """OpenAI's ``tool_choice`` as the chat layer's: auto, none, required or a name."""
+    if choice is None:
+        return "auto"
+    if choice in ("none", "auto", "required"):
+        if choice == "required" and not has_tools:
+            raise invalid_request("'tool_choice' needs 'tools'", param="tool_choice")
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else choice.get("name")
+        if isinstance(name, str):
+            if not has_tools:
+                raise invalid_request("'tool_choice' needs 'tools'", param="tool_choice")
+            return name
+    raise invalid_request("'tool_choice' must be 'none', 'auto', 'required' or "
+                          "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
+
+
+def response_format(fmt: Any) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as the chat layer's format (None for plain text)."""
     if fmt is None:
         return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
         return None
     if kind == "json_object":
-        return JSON_VALUE_GBNF
+        return {"type": "json_object"}
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise invalid_request("'response_format.json_schema.schema' must be an object",
                                   param="response_format")
-        try:
-            return schema_to_gbnf(schema)
-        except SchemaError as exc:
-            raise invalid_request(str(exc), param="response_format") from None
+        return {"type": "json_schema", "schema": schema}
     raise invalid_request("'response_format.type' must be 'text', 'json_object' or "
                           "'json_schema'", param="response_format")
 
 
+def _calls(calls: list[dict[str, str]]) -> list[dict[str, Any]]:
+    return [{"id": call["id"], "type": "function",
+             "function": {"name": call["name"], "arguments": call["arguments"]}}
+            for call in calls]
+
+
 async def _complete(job: ChatJob) -> dict[str, Any]:
-    texts: list[str] = []
-    logprobs: list = []
-    try:
-        async for text, entries in job.generation.pieces():
-            texts.append(text)
-            logprobs.extend(entries or ())
-    except GenerationError as exc:
-        raise generation_failed(str(exc)) from None
-    text = "".join(texts)
-    calls = _calls(job, text)
-    message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
-    if calls:
-        message["tool_calls"] = calls
+    result = await job.run.result()
+    finish = result.finish
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": None if result.tool_calls else result.text}
+    if result.thinking:
+        message["reasoning_content"] = result.thinking
+    if result.tool_calls:
+        message["tool_calls"] = _calls(result.tool_calls)
     return {
         "id": job.id,
         "object": "chat.completion",
         "created": job.created,
-        "model": job.model.name,
+        "model": job.run.model.name,
         "system_fingerprint": common.SYSTEM_FINGERPRINT,
         "choices": [{
             "index": 0,
             "message": message,
-            "logprobs": {"content": common.chat_logprobs(logprobs)} if job.logprobs else None,
-            "finish_reason": "tool_calls" if calls else job.generation.finish_reason,
+            "logprobs": ({"content": common.chat_logprobs(result.logprobs)}
+                         if job.logprobs else None),
+            "finish_reason": finish.reason,
         }],
-        "usage": common.usage(job.generation),
+        "usage": common.usage(job.run.generation),
     }
-
-
-def _calls(job: ChatJob, text: str) -> list[dict[str, Any]]:
-    """The tool calls in a finished answer, if it is one."""
-    if job.plan.forced is not None and job.generation.finish_reason == "stop":
-        try:
-            return [tools.forced_call(text)]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return []
-    if job.plan.parse_calls:
-        return tools.parse_calls(text, job.plan.tools or [])
-    return []
 
 
 class _Chunks:
@@ -179,7 +178,8 @@ class _Chunks:
     def __init__(self, job: ChatJob) -> None:
         self.job = job
         self.base = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
-                     "model": job.model.name, "system_fingerprint": common.SYSTEM_FINGERPRINT}
+                     "model": job.run.model.name,
+                     "system_fingerprint": common.SYSTEM_FINGERPRINT}
         if job.include_usage:
             self.base["usage"] = None
         self._content = TextEvents({**self.base, "choices": [
@@ -197,41 +197,40 @@ class _Chunks:
         return sse_data({**self.base, "choices": [choice]})
 
     def usage(self) -> bytes:
-        return sse_data({**self.base, "choices": [], "usage": common.usage(self.job.generation)})
+        return sse_data({**self.base, "choices": [],
+                         "usage": common.usage(self.job.run.generation)})
+
+
+def _chunk(chunks: _Chunks, job: ChatJob, event: Any) -> bytes | None:
+    if isinstance(event, TextDelta):
+        if job.logprobs and (event.text or event.logprobs):
+            return chunks.delta({"content": event.text} if event.text else {},
+                                logprobs=event.logprobs or [])
+        return chunks.content(event.text) if event.text else None
+    if isinstance(event, ThinkingDelta):
+        return chunks.delta({"reasoning_content": event.text}) if event.text else None
+    if isinstance(event, ToolCallStart):
+        return chunks.delta({"tool_calls": [{
+            "index": event.index, "id": event.id, "type": "function",
+            "function": {"name": event.name, "arguments": ""}}]})
+    if isinstance(event, ToolCallDelta):
+        return chunks.delta({"tool_calls": [{
+            "index": event.index, "function": {"arguments": event.arguments}}]})
+    if isinstance(event, Finish):
+        return chunks.delta({}, event.reason)
+    return None
 
 
 async def _stream(job: ChatJob) -> AsyncIterator[bytes]:
     chunks = _Chunks(job)
-    held: list[str] = []  # text that may still turn out to be a tool call
-    holding = job.plan.forced is not None or job.plan.parse_calls
     try:
         yield chunks.delta({"role": "assistant", "content": ""})
-        async for text, entries in job.generation.pieces():
-            if holding:
-                held.append(text)
-                if job.plan.forced is None and not tools.may_be_call("".join(held)):
-                    holding = False
-                    text, held = "".join(held), []
-                else:
-                    continue
-            if job.logprobs and (text or entries):
-                yield chunks.delta({"content": text} if text else {}, logprobs=entries)
-            elif text:
-                yield chunks.content(text)
-        text = "".join(held)
-        calls = _calls(job, text)
-        if calls:
-            for index, call in enumerate(calls):
-                yield chunks.delta({"tool_calls": [{
-                    "index": index, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}]})
-                yield chunks.delta({"tool_calls": [{
-                    "index": index, "function": {"arguments": call["function"]["arguments"]}}]})
-        elif text:
-            yield chunks.delta({"content": text})
-        yield chunks.delta({}, "tool_calls" if calls else job.generation.finish_reason)
+        async for event in job.run.events():
+            chunk = _chunk(chunks, job, event)
+            if chunk is not None:
+                yield chunk
         if job.include_usage:
             yield chunks.usage()
-    except GenerationError as exc:
-        yield sse_data(openai_error_body(generation_failed(str(exc))))
+    except ApiError as exc:
+        yield sse_data(openai_error_body(exc))
     yield SSE_DONE

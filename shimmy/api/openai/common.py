@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shimmy.api import params
-from shimmy.api.streams import CancellingStream
+from shimmy.api.streams import CancellingStream, with_pings
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, Sampling
 from shimmy.errors import invalid_request
 from shimmy.http.sse import SSE_PING
 from shimmy.http.types import Response, StreamResponse
 
-PING_SECONDS = 10.0  # a comment line this often while a long prompt is read
 SYSTEM_FINGERPRINT = "fp_shimmy"
 
 
@@ -101,33 +99,6 @@ async def respond(generation: Generation, stream: bool,
                   body: Callable[[], Awaitable[dict[str, Any]]]) -> Response | StreamResponse:
     """A streamed answer (with pings, cancelled when the client goes away) or a whole one."""
     if stream:
-        return StreamResponse(CancellingStream(with_pings(chunks(), generation),
-                                               generation.cancel))
+        return StreamResponse(CancellingStream(
+            with_pings(chunks(), generation, lambda: SSE_PING), generation.cancel))
     return Response.json(await body())
-
-
-async def with_pings(chunks: AsyncIterator[bytes], generation: Generation,
-                     interval: float = PING_SECONDS) -> AsyncIterator[bytes]:
-    """Pass ``chunks`` through, adding an SSE comment while nothing has come for a while
-    before the first token (a long prompt being read), so proxies keep the stream open."""
-    iterator = chunks.__aiter__()
-    pending = asyncio.ensure_future(iterator.__anext__())
-    try:
-        while generation.first_piece_at is None:
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield SSE_PING
-                continue
-            try:
-                yield pending.result()
-            except StopAsyncIteration:
-                return
-            pending = asyncio.ensure_future(iterator.__anext__())
-        try:
-            yield await pending
-        except StopAsyncIteration:
-            return
-        async for chunk in iterator:  # no more pings: no task per chunk either
-            yield chunk
-    finally:
-        pending.cancel()
