@@ -299,6 +299,9 @@ cdef extern from *:
     int shimmy_next_above(const float * x, int i, int n, float floor) noexcept nogil
 
 
+from shimmy.engine.lifecycle import StepFailed
+
+
 class LlamaError(RuntimeError):
     """llama.cpp refused: a model that does not load, a context that cannot be made."""
 
@@ -495,15 +498,19 @@ cdef class Model:
     def tokenize(self, str text, bint add_special=True, bint parse_special=False) -> list:
         """Text to token ids; BOS is added when the model asks for it."""
         cdef bytes data = text.encode("utf-8")
-        cdef int32_t n_max = len(data) + 8
+        cdef const char * chars = data
+        cdef int32_t size = len(data)
+        cdef int32_t n_max = size + 8
+        cdef int32_t n
         cdef vector[llama_token] out
         out.resize(n_max)
-        cdef int32_t n = llama_tokenize(self.vocab, data, len(data), out.data(), n_max,
-                                        add_special, parse_special)
-        if n < 0:
-            out.resize(-n)
-            n = llama_tokenize(self.vocab, data, len(data), out.data(), -n,
+        with nogil:  # a long prompt takes a while: other threads (the event loop) run on
+            n = llama_tokenize(self.vocab, chars, size, out.data(), n_max,
                                add_special, parse_special)
+            if n < 0:
+                out.resize(-n)
+                n = llama_tokenize(self.vocab, chars, size, out.data(), -n,
+                                   add_special, parse_special)
         if n < 0:
             raise LlamaError(f"tokenization failed ({n})")
         return [out[i] for i in range(n)]
@@ -659,10 +666,11 @@ cdef inline llama_token _probe_token(int i, int n_vocab) noexcept nogil:
     return (i * 7919 + 13) % n_vocab
 
 
-cdef enum SlotState:
+cdef enum SlotState:   # lifecycle.SlotState: PREFILL and GENERATE are its BUSY
     IDLE = 0
     PREFILL = 1
     GENERATE = 2
+    DIRTY = 3          # in a batch that failed: records ahead of cells until cleared
 
 
 cdef struct TokenProb:
@@ -799,6 +807,9 @@ cdef class BatchEngine:
     cdef readonly bint exact_rows   # a row rounds alike whatever else its step holds
     cdef bint per_row_attention     # the cache type runs attention row by row
     cdef ShimmyHead * head          # the output layer's product (output_head.h)
+    cdef uint64_t fail_at           # debug: the decode pass that fails (0: none)
+    cdef uint64_t fail_every        # debug: and every this many passes after it
+    cdef uint64_t fail_left         # debug: failures still to inject
     cdef bint head_attached         # this CPU runs it: warm_up() checks it against ggml
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
@@ -832,6 +843,7 @@ cdef class BatchEngine:
         self.n_draft = max(0, min(n_draft, MAX_SEQ_ROWS - 1)) \
             if exact_weights and kv_type != "f16" else 0
         self.n_drafted = self.n_accepted = self.n_passes = self.n_filler_rows = 0
+        self.fail_at = self.fail_every = self.fail_left = 0
         self.pass_rows = n_slots
         self.exact_rows = False
         self.per_row_attention = kv_type != "f16"
@@ -1195,7 +1207,15 @@ cdef class BatchEngine:
         arithmetic is the same whether it runs alone or beside others, so a seed gives
         the same text either way. Raises ``LlamaError`` if llama.cpp fails a batch.
         """
-        events = []
+        cdef list events = []
+        try:
+            self._step(events)
+        except StepFailed as exc:
+            exc.events = events
+            raise
+        return events
+
+    cdef void _step(self, list events) except *:
         if self.exact_rows:
             if self._fill_step():
                 try:
@@ -1203,7 +1223,7 @@ cdef class BatchEngine:
                 finally:
                     self._drop_fillers()
                 events.extend(self._sample_all())
-            return events
+            return
         cdef size_t next_slot = 0
         cdef int generating = 0
         for i in range(self.slots.size()):
@@ -1220,18 +1240,65 @@ cdef class BatchEngine:
         if self._fill_prefill() >= 0:
             self._decode()
             events.extend(self._sample_all())
-        return events
 
     cdef void _decode(self) except *:
-        cdef int32_t status
-        with nogil:
-            status = llama_decode(self.ctx, self.batch)
+        cdef int32_t status = -1
         self.n_passes += 1
+        if self.n_passes == self.fail_at:  # an injected fault: as if llama.cpp failed
+            self.fail_left -= 1
+            self.fail_at = self.fail_at + self.fail_every if self.fail_every and \
+                self.fail_left else 0
+        else:
+            with nogil:
+                status = llama_decode(self.ctx, self.batch)
         if status != 0:
-            for i in range(self.slots.size()):
-                self.slots[i].batch_row = -1
-            raise LlamaError(f"llama_decode failed with status {status}"
-                             + (" (no free KV cache cell)" if status == 1 else ""))
+            failed = self._abandon_batch()
+            raise StepFailed(f"llama_decode failed with status {status}"
+                             + (" (no free KV cache cell)" if status == 1 else ""), failed)
+
+    cdef list _abandon_batch(self):
+        """After a failed decode: the busy slots with rows in the batch go DIRTY (their
+        records of cached tokens ran ahead of what llama.cpp kept), then are cleared
+        to IDLE with no cells, as llama-server clears its slots. Returns them."""
+        cdef list failed = []
+        cdef int seq
+        for i in range(self.slots.size()):
+            self.slots[i].batch_row = -1
+        for row in range(self.batch.n_tokens):
+            seq = self.batch.seq_id[row][0]
+            if self.slots[seq].state in (PREFILL, GENERATE):
+                self.slots[seq].state = DIRTY
+                failed.append(seq)
+        for seq in failed:
+            self.forget(seq)
+        return failed
+
+    def forget(self, int slot) -> None:
+        """Make the slot idle with no cells (and no record of any)."""
+        cdef Slot * s = &self.slots[slot]
+        self.release(slot)
+        llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
+        s.cached.clear()
+        s.drafted.clear()
+        s.n_read = 0
+        s.filler_at = -1
+
+    def inject_decode_failures(self, int after, int every=0, int count=1) -> None:
+        """For tests: the ``after``-th decode pass from now fails as a llama.cpp failure
+        would (nothing is decoded), then every ``every``-th one, ``count`` in all (with
+        ``every``); ``after`` 0 stops it."""
+        self.fail_at = self.n_passes + after if after > 0 else 0
+        self.fail_every = max(every, 0)
+        self.fail_left = max(count, 1)
+
+    def slot_state(self, int slot) -> str:
+        """``lifecycle.SlotState``'s value for the slot: idle, busy or dirty."""
+        cdef int state = self.slots[slot].state
+        return "idle" if state == IDLE else ("dirty" if state == DIRTY else "busy")
+
+    def cells_size(self, int slot) -> int:
+        """Bytes ``save_cells`` would return for the slot."""
+        return llama_state_seq_get_size(self.ctx, slot) if self.slots[slot].cached.size() else 0
 
     cdef inline bint _decodes(self, Slot * s) noexcept:
         """Whether the slot has a row in the decode passes: it generates, or (with

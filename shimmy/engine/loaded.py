@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ _TEMPLATE_MARKERS = ("<|eot_id|>", "<|start_header_id|>", "<|im_start|>", "<star
                      "[INST]", "<|user|>", "<|end|>")
 
 log = logging.getLogger("shimmy.engine")
+FAIL_DECODE_ENV = "SHIMMY_TEST_FAIL_DECODE"
 
 
 # the KV cache element types a context can hold, and their bytes per value
@@ -63,6 +65,20 @@ def exact_weights(info: GGUFInfo | None, loras: list[Path] | None) -> bool:
     return info is not None and not loras and not info.matrix_types & ROW_SHAPED_TYPES
 
 
+def _inject_faults(engine: object) -> None:
+    """``SHIMMY_TEST_FAIL_DECODE=N[:M[:K]]``: the engine's N-th decode pass after load
+    fails, then every M-th, K times in all (tests of what a llama.cpp failure does to
+    served requests)."""
+    spec = os.environ.get(FAIL_DECODE_ENV)
+    if not spec:
+        return
+    numbers = [int(part) for part in spec.split(":")]
+    after, every = numbers[0], numbers[1] if len(numbers) > 1 else 0
+    count = numbers[2] if len(numbers) > 2 else (1_000_000 if every else 1)
+    engine.inject_decode_failures(after, every, count)
+    log.warning("%s=%s: decode passes will fail on purpose", FAIL_DECODE_ENV, spec)
+
+
 class LoadedModel:
     """Loads a GGUF through the C API; serves generations from its slots, or embeddings."""
 
@@ -88,6 +104,7 @@ class LoadedModel:
                                               exact_weights(info, loras),
                                               native.output_head_wanted())
             self.engine.warm_up()
+            _inject_faults(self.engine)
             cells = PromptCache(settings.prompt_cache) \
                 if settings.prompt_cache > 0 and self.engine.exact_rows else None
             self.scheduler = Scheduler(self.engine, name, cells)
@@ -147,6 +164,18 @@ class LoadedModel:
                  logprobs: int = -1, reuse_cache: bool = True,
                  special: bool = False) -> Generation:
         """Queue a generation; must be called on the event loop that will consume it."""
+        generation = self.prepare(prompt, max_tokens, sampling, stop, ignore_eos, logprobs,
+                                  reuse_cache, special)
+        self.scheduler.submit(generation)
+        return generation
+
+    def prepare(self, prompt: str | list[int], max_tokens: int, sampling: Sampling,
+                stop: list[str] | None = None, ignore_eos: bool = False,
+                logprobs: int = -1, reuse_cache: bool = True,
+                special: bool = False) -> Generation:
+        """A generation checked against the model and ready for ``submit``; raises the
+        request's error. On the event loop that will consume it; a long text prompt is
+        better tokenized off the loop first (``asyncio.to_thread(self.tokenize, ...)``)."""
         if self.scheduler is None:
             raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
                                   "generate text", "The model does not generate text", "model")
@@ -164,10 +193,15 @@ class LoadedModel:
                 f"{need} tokens exceed the model's context of {self.n_ctx} tokens",
                 "Prompt and max_tokens exceed the context length",
             )
-        generation = Generation(tokens, max_tokens, sampling, [s for s in stop or () if s],
-                                ignore_eos, logprobs, reuse_cache, special)
-        self.scheduler.submit(generation)
-        return generation
+        return Generation(tokens, max_tokens, sampling, [s for s in stop or () if s],
+                          ignore_eos, logprobs, reuse_cache, special)
+
+    def submit(self, *generations: Generation) -> None:
+        """Queue prepared generations, all together (a multi-prompt request) or none."""
+        if self.scheduler is None:
+            raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
+                                  "generate text", "The model does not generate text", "model")
+        self.scheduler.submit(*generations)
 
     def close(self) -> None:
         if self.scheduler is not None:
