@@ -23,15 +23,15 @@ WORDS = ["river", "mountain", "ocean", "forest", "desert", "city", "village", "g
 
 @pytest.fixture(scope="module")
 def model(model_path: Path) -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load().Model(str(model_path), 0, True, [])
+    return library.load().Model(str(model_path), 0, True, [])
 
 
 def new_engine(model: Any, n_slots: int = 2) -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    engine = native.load().BatchEngine(model, 512, n_slots, 2, 64, "bf16", 3, True)
+    engine = library.load().BatchEngine(model, 512, n_slots, 2, 64, "bf16", 3, True)
     engine.warm_up()
     return engine
 

@@ -10,7 +10,7 @@ from typing import Any
 from shimmy.commands.advice import load_failure_hint, unknown_model_hint
 from shimmy.commands.term import LoadingLine, paint, print_json
 from shimmy.config import Config
-from shimmy.engine import native
+from shimmy.engine import library
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import GenerationError, Sampling
 from shimmy.errors import ApiError
@@ -82,7 +82,7 @@ def _head_words(model: LoadedModel) -> str:
     engine = model.engine
     if engine is not None and engine.own_head:
         return "shimmy's (its logits equal llama.cpp's bit for bit at load)"
-    obstacle = native.output_head_obstacle()
+    obstacle = library.output_head_obstacle()
     if obstacle is None:
         differed = engine is not None and engine.head_checks[2] > 0
         obstacle = ("its logits differed from llama.cpp's at load" if differed

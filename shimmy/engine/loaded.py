@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shimmy.engine import native
+from shimmy.engine import library
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
 from shimmy.errors import invalid_request
@@ -84,25 +84,25 @@ class LoadedModel:
 
     def __init__(self, name: str, path: Path, settings: EngineSettings,
                  loras: list[Path] | None = None, info: GGUFInfo | None = None) -> None:
-        sampler = native.load()
+        engine_module = library.load()
         started = time.perf_counter()
         self.name = name
         self.path = path
         self.info = info
         self.embeddings_only = is_embedding_model(info)
-        self.model = sampler.Model(str(path), settings.gpu_layers, settings.use_mmap,
+        self.model = engine_module.Model(str(path), settings.gpu_layers, settings.use_mmap,
                                    [str(p) for p in loras or ()])
         n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
             else settings.ctx
         self.engine = self.scheduler = self.embedder = None
         if self.embeddings_only:
-            self.embedder = sampler.Embedder(self.model, n_ctx, settings.threads)
+            self.embedder = engine_module.Embedder(self.model, n_ctx, settings.threads)
         else:
-            self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
+            self.engine = engine_module.BatchEngine(self.model, n_ctx, settings.parallel,
                                               settings.threads, min(settings.batch, n_ctx),
                                               settings.kv_type, settings.draft,
                                               exact_weights(info, loras),
-                                              native.output_head_wanted())
+                                              library.output_head_wanted())
             self.engine.warm_up()
             _inject_faults(self.engine)
             cells = PromptCache(settings.prompt_cache) \
