@@ -16,6 +16,7 @@ from shimmy.commands.ports import port_holder
 from shimmy.commands.term import paint, print_json
 from shimmy.config import Config
 from shimmy.engine import library
+from shimmy.engine.profile import INVARIANT
 from shimmy.sysinfo import available_memory_bytes, format_bytes, physical_cores, total_memory_bytes
 
 
@@ -78,7 +79,10 @@ def _llama_facts() -> dict[str, Any]:
             "cpu_variant": llama.cpu_variant() or None,
             "backend_dir": str(backends) if backends else None,
             "gpu_offload": bool(llama.supports_gpu_offload()),
-            "output_head": {"obstacle": library.output_head_obstacle()}}
+            "output_head": {"obstacle": library.output_head_obstacle()},
+            # decided per model when it loads (shimmy probe MODEL shows that one)
+            "engine_profile": {"name": INVARIANT, "tiled_kquant_kernel": "off",
+                               "decided": "at each model's load, by BatchEngine.warm_up"}}
 
 
 def _head_words(head: dict[str, Any]) -> str:

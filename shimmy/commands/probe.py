@@ -55,11 +55,14 @@ def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> Non
         _print_header(facts)
     model = _load(config, entry, facts)
     facts["output_head"] = _head_words(model)
+    facts["engine_profile"] = model.profile.describe() if model.profile else None
     if not as_json:
         print(f"load time:    {facts['load_ms']:.0f} ms (context {facts['context']}, "
               f"{facts['slots']} slots, {facts['threads']} threads)")
         print(f"memory:       {format_bytes(facts['memory_bytes'])} resident for the model")
         print(f"output head:  {facts['output_head']}")
+        if model.profile:
+            print(f"profile:      {model.profile.words()}")
     try:
         started = time.perf_counter()
         text, tokens = asyncio.run(_one_token(model))

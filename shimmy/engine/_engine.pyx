@@ -94,6 +94,9 @@ cdef class BatchEngine:
     cdef readonly int pass_rows     # generating slots per llama_decode at most
     cdef readonly bint exact_rows   # a row rounds alike whatever else its step holds
     cdef bint per_row_attention     # the cache type runs attention row by row
+    cdef readonly int rows_checked  # rows warm_up compared, one step against one by one
+    cdef readonly str kv_type
+    cdef readonly bint exact_weights  # the caller vouched: no row-shaped weight matrices
     cdef ShimmyHead * head          # the output layer's product (output_head.h)
     cdef uint64_t fail_at           # debug: the decode pass that fails (0: none)
     cdef uint64_t fail_every        # debug: and every this many passes after it
@@ -135,6 +138,9 @@ cdef class BatchEngine:
         self.pass_rows = n_slots
         self.exact_rows = False
         self.per_row_attention = kv_type != "f16"
+        self.rows_checked = 0
+        self.kv_type = kv_type
+        self.exact_weights = exact_weights
         self.n_swa = llama_model_n_swa(model.ptr)
         self.batch = llama_batch_init(params.n_batch, 0, 1)
         self.slots.resize(n_slots)
@@ -175,6 +181,7 @@ cdef class BatchEngine:
             self.head.mode = OUTPUT_HEAD_PROBE
         if self.per_row_attention and self.n_ctx >= 2 * CHECK_ROWS:
             self.exact_rows = self._rows_agree()
+            self.rows_checked = CHECK_ROWS
         else:  # f16's plain attention fails the check; a context too small cannot run it
             self._decode_probe(1)
         if not self.exact_rows:
@@ -190,6 +197,14 @@ cdef class BatchEngine:
             self.head.mode = OUTPUT_HEAD_ON if self.head.probe_bad == 0 \
                 and self.head.probe_single > 0 and self.head.probe_multi > 0 \
                 else OUTPUT_HEAD_OFF
+
+    def profile_facts(self) -> dict:
+        """What warm_up decided and what it checked (``profile.EngineProfile`` reads it)."""
+        return {"exact_rows": bool(self.exact_rows), "rows_per_pass": self.pass_rows,
+                "draft": self.n_draft, "reuse_unit": 1 if self.exact_rows else self.n_batch,
+                "own_head": self.own_head, "head_checks": self.head_checks,
+                "rows_checked": self.rows_checked, "kv_type": self.kv_type,
+                "exact_weights": bool(self.exact_weights)}
 
     @property
     def own_head(self) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shimmy.engine import library
+from shimmy.engine.profile import EngineProfile
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
 from shimmy.errors import invalid_request
@@ -91,30 +92,33 @@ class LoadedModel:
         self.info = info
         self.embeddings_only = is_embedding_model(info)
         self.model = engine_module.Model(str(path), settings.gpu_layers, settings.use_mmap,
-                                   [str(p) for p in loras or ()])
+                                         [str(p) for p in loras or ()])
         n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
             else settings.ctx
         self.engine = self.scheduler = self.embedder = None
+        self.profile: EngineProfile | None = None
         if self.embeddings_only:
             self.embedder = engine_module.Embedder(self.model, n_ctx, settings.threads)
         else:
-            self.engine = engine_module.BatchEngine(self.model, n_ctx, settings.parallel,
-                                              settings.threads, min(settings.batch, n_ctx),
-                                              settings.kv_type, settings.draft,
-                                              exact_weights(info, loras),
-                                              library.output_head_wanted())
+            self.engine = engine_module.BatchEngine(
+                self.model, n_ctx, settings.parallel, settings.threads,
+                min(settings.batch, n_ctx), settings.kv_type, settings.draft,
+                exact_weights(info, loras), library.output_head_wanted())
             self.engine.warm_up()
+            self.profile = EngineProfile.measured(self.engine)
             _inject_faults(self.engine)
+            # cells are copied only where a row rounds alike in any step
             cells = PromptCache(settings.prompt_cache) \
-                if settings.prompt_cache > 0 and self.engine.exact_rows else None
-            self.scheduler = Scheduler(self.engine, name, cells)
+                if settings.prompt_cache > 0 and self.profile.exact_rows else None
+            self.scheduler = Scheduler(self.engine, name, cells, self.profile.exact_rows)
         self._embed_lock = threading.Lock()
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,
                  self.model.description, self.load_seconds, n_ctx,
                  settings.parallel, settings.threads,
-                 ", shimmy's output head" if self.engine and self.engine.own_head else "")
+                 f"; {self.profile.words()}, {self.profile.output_head}'s output head"
+                 if self.profile else "")
 
     @property
     def chat_template(self) -> ChatTemplate:

@@ -149,10 +149,13 @@ class Scheduler:
     ``cancel()`` on the event loop never wait for them.
     """
 
-    def __init__(self, engine: Any, name: str, prompt_cache: PromptCache | None = None) -> None:
+    def __init__(self, engine: Any, name: str, prompt_cache: PromptCache | None = None,
+                 copies_cells: bool | None = None) -> None:
         self.engine = engine
         self.name = name
         self.prompt_cache = prompt_cache
+        # cells go between slots and the prompt cache only with the profile's exact rows
+        self.copies_cells = engine.exact_rows if copies_cells is None else copies_cells
         self._queue: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
@@ -252,7 +255,7 @@ class Scheduler:
         """Set the slot up for the request; anything failing here fails that request
         alone, and the slot's cells are dropped in case the failure left them half set."""
         try:
-            if self.engine.exact_rows and generation.reuse_cache:
+            if self.copies_cells and generation.reuse_cache:
                 self._swap_cells(slot, generation.prompt)
             generation.cached_tokens = self.engine.start(
                 slot, generation.prompt, dataclasses.asdict(generation.sampling),
