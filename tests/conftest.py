@@ -17,6 +17,30 @@ from shimmy.models.embedded import embedded_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Tests that use these fixtures load the real embedded model: marked ``model``.
+REAL_MODEL_FIXTURES = frozenset({"model_path", "server", "port"})
+# Files whose tests take long (a binary build, long prompts, signals, soaks): ``slow``.
+# The quick lane (README) is ``pytest -m "not slow"``; the full suite runs everything.
+SLOW_FILES = frozenset({
+    "test_binary.py", "test_engine_invariance.py", "test_reliability.py",
+    "test_reliability_load.py", "test_request_life.py", "test_speculation.py",
+    "test_prompt_cache.py", "test_web_chat.py", "test_output_head.py", "test_fuzz.py",
+})
+# Single tests that take long where the rest of their file is quick.
+SLOW_TESTS = frozenset({
+    "test_engine_faults.py::test_admission_runs_outside_the_lock_and_a_fault_in_it_fails_one_request",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, here rather than file by file."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+        name = Path(str(item.fspath)).name
+        if name in SLOW_FILES or f"{name}::{item.name.split('[')[0]}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:

@@ -102,7 +102,7 @@ def test_prompts_are_tokenized_off_the_event_loop(looper_dir: Path,
 
 PROMPTS = ["The river runs to the sea because", "Mountains rise when",
            "The river runs to the sea and the city", "A garden in the desert"]
-SOAK_SECONDS = 20.0
+SOAK_SECONDS = 15.0
 
 
 def ask(port: int, prompt: str, max_tokens: int = 24) -> tuple[int, Any]:
@@ -158,7 +158,7 @@ def client(port: int, seed: int, deadline: float, failures: list[str]) -> None:
 
 def test_a_soak_of_hang_ups_and_decode_failures_leaks_nothing(
         model_path: Path, tmp_path: Path) -> None:
-    env = isolated_env(tmp_path, **{FAIL_DECODE_ENV: "30:17:40"})
+    env = isolated_env(tmp_path, **{FAIL_DECODE_ENV: "60:97:12"})
     server = ShimmyProcess(["--model-path", str(model_path), "--parallel", "4",
                             "--max-queue", "4", "--prompt-cache", "64MiB"], env, tmp_path)
     try:

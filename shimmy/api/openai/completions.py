@@ -81,16 +81,17 @@ class Completions:
         if suffix is not None and not isinstance(suffix, str):
             raise invalid_request("'suffix' must be a string", param="suffix")
         prompts = _prompts(body)
-        tokenized = await asyncio.to_thread(_tokenize_all, model, prompts, suffix or None)
-        choices = []
-        for index, (prompt, (tokens, text)) in enumerate(zip(prompts, tokenized, strict=True)):
-            limit = common.max_tokens(body, model, len(tokens), ("max_tokens",), 16)
-            generation = model.prepare(tokens, limit, common.sampling(body),
-                                       params.stop_strings(body),
-                                       params.boolean(body, "ignore_eos", False), logprobs)
-            choices.append(Choice(index, text, generation))
-        check_capacity(model, len(choices))  # again: the tokenizing thread let others in
-        model.submit(*(choice.generation for choice in choices))
+        with self.state.pool.hold(model):  # not unloaded while its prompts are tokenized
+            tokenized = await asyncio.to_thread(_tokenize_all, model, prompts, suffix or None)
+            choices = []
+            for index, (tokens, text) in enumerate(tokenized):
+                limit = common.max_tokens(body, model, len(tokens), ("max_tokens",), 16)
+                generation = model.prepare(tokens, limit, common.sampling(body),
+                                           params.stop_strings(body),
+                                           params.boolean(body, "ignore_eos", False), logprobs)
+                choices.append(Choice(index, text, generation))
+            check_capacity(model, len(choices))  # again: others came in while it tokenized
+            model.submit(*(choice.generation for choice in choices))
         for choice in choices:
             attach(model.name, choice.generation)
         return CompletionJob(model, choices, echo, logprobs, include_usage)
