@@ -41,8 +41,8 @@ def extension() -> Extension:
     package = llama_cpp_dir()
     lib_dir = package / "lib"
     return Extension(
-        "shimmy.engine._sampler",
-        ["shimmy/engine/_sampler.pyx"],
+        "shimmy.engine._engine",
+        ["shimmy/engine/_engine.pyx"],
         language="c++",
         include_dirs=[str(include_dir(package)), str(ENGINE_DIR)],
         library_dirs=[str(lib_dir)],

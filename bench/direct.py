@@ -3,7 +3,7 @@ in-process comparisons in ``bench/`` (``tiled_ab.py``, ``step_shapes.py``).
 
 The settings are ``BatchEngine``'s defaults here: a bf16 cache with flash attention, a
 KV stream per sequence, full-size sliding-window caches, 2 threads, weights without extra
-buffer types; ``shimmy.engine.native.load()`` has turned llama.cpp's tiled K-quant kernel
+buffer types; ``shimmy.engine.library.load()`` has turned llama.cpp's tiled K-quant kernel
 off unless the caller set ``GGML_CPU_TILED_MM`` again before the first decode.
 """
 

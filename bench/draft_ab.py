@@ -49,10 +49,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kv-type", default="bf16")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from shimmy.engine import native
+    from shimmy.engine import library
     from shimmy.models.embedded import embedded_model_path
 
-    sampler = native.load()
+    sampler = library.load()
     model = sampler.Model(str(embedded_model_path()), 0, True, [])
     engines = {d: sampler.BatchEngine(model, 4096, 1, args.threads, 64, args.kv_type, d, True)
                for d in args.drafts}

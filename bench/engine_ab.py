@@ -53,10 +53,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ctx", type=int, default=4096)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from shimmy.engine import native
+    from shimmy.engine import library
     from shimmy.models.embedded import embedded_model_path
 
-    sampler = native.load()
+    sampler = library.load()
     model = sampler.Model(str(embedded_model_path()), 0, True, [])
     engines = {}
     for kv_type in args.kv_types:

@@ -58,10 +58,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=24)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from shimmy.engine import native
+    from shimmy.engine import library
     from shimmy.models.embedded import embedded_model_path
 
-    lib = native.load()
+    lib = library.load()
     model = lib.Model(str(embedded_model_path()), 0, True, [])
     engines = {}
     for name, own in (("shimmy head", True), ("ggml", False)):

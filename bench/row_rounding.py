@@ -42,11 +42,11 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     import llama_cpp as llama
 
-    from shimmy.engine import native
+    from shimmy.engine import library
     from shimmy.models.embedded import embedded_model_path
 
-    native.load()  # loads the CPU backend the bindings' library uses
-    if args.tiled_kernel:  # native.load() set it to 0; llama.cpp reads it at first use
+    library.load()  # loads the CPU backend the bindings' library uses
+    if args.tiled_kernel:  # library.load() set it to 0; llama.cpp reads it at first use
         os.environ["GGML_CPU_TILED_MM"] = "1"
     params = llama.llama_model_default_params()
     params.use_extra_bufts = False  # as shimmy loads weights on AMX builds

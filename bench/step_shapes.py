@@ -41,9 +41,9 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     from direct import Direct, Row
 
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    native.load()  # sets GGML_CPU_TILED_MM=0 before llama.cpp's first product
+    library.load()  # sets GGML_CPU_TILED_MM=0 before llama.cpp's first product
     run = Direct(SEQS, 128, 64, TEXT * 20)
     tokens, decode = run.tokens, run.decode
     llama, mem = run.llama, run.mem

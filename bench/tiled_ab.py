@@ -30,9 +30,9 @@ def measure(tiled: str) -> str:
     sys.path.insert(0, str(ROOT))
     from direct import Direct
 
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    native.load()  # which sets GGML_CPU_TILED_MM=0; llama.cpp reads it at its first product
+    library.load()  # which sets GGML_CPU_TILED_MM=0; llama.cpp reads it at its first product
     os.environ["GGML_CPU_TILED_MM"] = tiled
     run = Direct(8, 64, 64, TEXT * 60)
     tokens, llama, mem = run.tokens, run.llama, run.mem

@@ -30,7 +30,7 @@ pip install "h11>=0.16" "wsproto>=1.2" "jinja2>=3.1" "pyinstaller>=6.10,<7"
 # a copy of the sources, so that the engine built here never replaces the one in .venv
 rm -rf "$stage"
 mkdir -p "$stage"
-tar --exclude='__pycache__' --exclude='*.so' --exclude='_sampler.cpp' \
+tar --exclude='__pycache__' --exclude='*.so' --exclude='_engine.cpp' \
     -cf - shimmy setup.py pyproject.toml build.spec README.md | tar -xf - -C "$stage"
 (cd "$stage" && "../../../$venv/bin/python" setup.py -q build_ext --inplace)
 

@@ -28,9 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging("debug" if args.verbose else getattr(args, "log_level", "warning"),
                       getattr(args, "log_format", "text"))
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    native.set_verbose(args.verbose)
+    library.set_verbose(args.verbose)
     try:
         config = Config.from_args(args)
     except ConfigError as exc:
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def version_line() -> str:
     """shimmy's version and the llama.cpp build it carries (read from files, not imported)."""
-    from shimmy.engine.native import llama_build
+    from shimmy.engine.library import llama_build
 
     build = llama_build()
     return (f"shimmy {__version__} (llama.cpp {build['commit']}, "

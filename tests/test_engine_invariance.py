@@ -23,18 +23,18 @@ Trace = list[tuple[int, float]]
 
 @pytest.fixture(scope="module")
 def model(model_path: Path) -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load().Model(str(model_path), 0, True, [])
+    return library.load().Model(str(model_path), 0, True, [])
 
 
 @pytest.fixture(scope="module", params=["f16", "bf16", "q8_0"])
 def engine(request: pytest.FixtureRequest, model: Any) -> Any:
     """Each KV cache type: each comes with its own attention kernels. Guessing ahead is
     on, as served: a lone request guesses, one in company does not."""
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    eng = native.load().BatchEngine(model, 1024, 3, 2, 64, request.param, 3, True)
+    eng = library.load().BatchEngine(model, 1024, 3, 2, 64, request.param, 3, True)
     eng.warm_up()
     return model, eng
 
@@ -211,9 +211,9 @@ def test_eight_requests_decoding_together_change_nothing(model: Any, kv_type: st
     and warm_up() checks that 8 rows of a sequence in one step round like 8 steps: then
     all nine slots share a pass. Over f16 the attention of several rows of a sequence
     rounds otherwise, so that check fails and passes hold 7 slots at most."""
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    eng = native.load().BatchEngine(model, 512, 9, 2, 64, kv_type, 3, True)
+    eng = library.load().BatchEngine(model, 512, 9, 2, 64, kv_type, 3, True)
     eng.warm_up()
     assert eng.exact_rows == (kv_type == "bf16")
     assert eng.pass_rows == (9 if kv_type == "bf16" else 7)

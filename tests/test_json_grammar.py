@@ -345,9 +345,9 @@ ALL_SCHEMAS = {"person": PERSON, "numbers": NUMBERS, "color": COLOR, "tree": TRE
 
 @pytest.fixture(scope="module")
 def sampler() -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load()
+    return library.load()
 
 
 @pytest.fixture(scope="module")

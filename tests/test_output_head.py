@@ -28,9 +28,9 @@ SLOTS = 6
 
 @pytest.fixture(scope="module")
 def native() -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load()
+    return library.load()
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,9 @@ def test_an_entry_replaces_those_it_extends_and_oversized_ones_are_not_kept() ->
 
 @pytest.fixture(scope="module")
 def model(model_path: Path) -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load().Model(str(model_path), 0, True, [])
+    return library.load().Model(str(model_path), 0, True, [])
 
 
 def prompt(model: Any, seed: int, n_words: int) -> list[int]:
@@ -61,9 +61,9 @@ def generate(eng: Any, slot: int, tokens: list[int]) -> tuple[int, list[tuple[in
 
 
 def test_restored_cells_serve_a_prompt_as_computed_ones(model: Any) -> None:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    eng = native.load().BatchEngine(model, 512, 2, 2, 64, "bf16", 3, True)
+    eng = library.load().BatchEngine(model, 512, 2, 2, 64, "bf16", 3, True)
     eng.warm_up()
     tokens = prompt(model, 1, 150)
     _, cold = generate(eng, 0, tokens)
@@ -79,9 +79,9 @@ def test_restored_cells_serve_a_prompt_as_computed_ones(model: Any) -> None:
 def test_a_busy_slots_cells_serve_another_slot_as_computed_ones(model: Any) -> None:
     """A copy of a slot's cells taken while it generates: the prompt it shares with the
     other slot is read from its last token on, and neither text changes."""
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    eng = native.load().BatchEngine(model, 512, 3, 2, 64, "bf16", 3, True)
+    eng = library.load().BatchEngine(model, 512, 3, 2, 64, "bf16", 3, True)
     eng.warm_up()
     tokens = prompt(model, 2, 120)
     _, cold = generate(eng, 2, tokens)
@@ -104,12 +104,12 @@ def test_a_busy_slots_cells_serve_another_slot_as_computed_ones(model: Any) -> N
 
 
 def test_cells_are_not_restored_where_rows_round_otherwise(model: Any) -> None:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    eng = native.load().BatchEngine(model, 512, 1, 2, 64, "f16", 0, True)
+    eng = library.load().BatchEngine(model, 512, 1, 2, 64, "f16", 0, True)
     eng.warm_up()
     assert not eng.exact_rows
-    with pytest.raises(native.load().LlamaError, match="round alike"):
+    with pytest.raises(library.load().LlamaError, match="round alike"):
         eng.restore_cells(0, b"cells", [1, 2])
 
 

@@ -379,7 +379,8 @@ class FakeEngine:
         return free[0] if free else -1
 
     def start(self, slot: int, prompt: list[int], sampling: dict, stop: list[str],
-              max_tokens: int, ignore_eos: bool, logprobs: int, reuse: bool) -> int:
+              max_tokens: int, ignore_eos: bool, logprobs: int, reuse: bool,
+              special: bool = False) -> int:
         if prompt[0] == self.POISON:
             raise ValueError("this request's grammar is refused")
         self.active[slot] = [max_tokens, 0]
@@ -401,6 +402,9 @@ class FakeEngine:
 
     def release(self, slot: int) -> None:
         self.active.pop(slot, None)
+
+    def forget(self, slot: int) -> None:
+        self.release(slot)
 
 
 def generation(prompt: list[int], max_tokens: int = 5) -> Generation:

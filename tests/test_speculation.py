@@ -22,15 +22,15 @@ Trace = list[tuple[int, float]]
 
 @pytest.fixture(scope="module")
 def model(model_path: Path) -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load().Model(str(model_path), 0, True, [])
+    return library.load().Model(str(model_path), 0, True, [])
 
 
 def make_engine(model: Any, kv_type: str, draft: int) -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    eng = native.load().BatchEngine(model, 512, 2, 2, 64, kv_type, draft, True)
+    eng = library.load().BatchEngine(model, 512, 2, 2, 64, kv_type, draft, True)
     eng.warm_up()
     return eng
 

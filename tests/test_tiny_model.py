@@ -24,9 +24,9 @@ Event = tuple[int, str, Any, int]
 
 @pytest.fixture(scope="module")
 def native() -> Any:
-    from shimmy.engine import native
+    from shimmy.engine import library
 
-    return native.load()
+    return library.load()
 
 
 @pytest.fixture(scope="module")

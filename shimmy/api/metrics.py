@@ -40,13 +40,25 @@ def model_metrics(state: AppState) -> list[Metric]:
                       "Tokens guessed ahead (--draft) and decoded to be checked", ("model",))
     accepted = Counter("shimmy_draft_accepted_total",
                        "Guessed tokens that held, each saving a decode step", ("model",))
+    profile = Gauge("shimmy_engine_profile", "1 per loaded model, its engine profile in the "
+                    "labels (decided at load)", ("model", "profile", "exact_rows", "output_head"))
+    rows = Gauge("shimmy_engine_rows_per_pass", "Generating slots per llama_decode at most",
+                 ("model",))
+    draft = Gauge("shimmy_engine_draft_max", "Tokens a lone request guesses ahead per step",
+                  ("model",))
     for name, model in sorted(loaded.items()):
         load_seconds.set(name, value=getattr(model, "load_seconds", 0.0))
+        if (measured := getattr(model, "profile", None)) is not None:
+            profile.set(name, measured.name, str(measured.exact_rows).lower(),
+                        measured.output_head, value=1)
+            rows.set(name, value=measured.rows_per_pass)
+            draft.set(name, value=measured.draft)
         _scheduler_gauges(name, model, active, total, queued, up)
         if model.engine is not None:  # read across threads: a scrape may lag a step
             drafted.inc(name, amount=model.engine.n_drafted)
             accepted.inc(name, amount=model.engine.n_accepted)
-    return [models, load_seconds, active, total, queued, up, drafted, accepted]
+    return [models, load_seconds, active, total, queued, up, drafted, accepted, profile, rows,
+            draft]
 
 
 def _scheduler_gauges(name: str, model: LoadedModel, active: Gauge, total: Gauge,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -132,8 +133,12 @@ class NativeApi:
     async def _start(self, params: GenerateParams) -> tuple[LoadedModel, Generation]:
         model = await self.state.pool.get(params.model, params.keep_alive)
         check_capacity(model)
-        generation = model.generate(params.prompt, params.max_tokens, params.sampling,
-                                    params.stop, params.ignore_eos)
+        with self.state.pool.hold(model):  # not unloaded while its prompt is tokenized
+            # a long prompt takes a while to tokenize: not on the event loop
+            tokens = await asyncio.to_thread(model.tokenize, params.prompt)
+            check_capacity(model)  # again: others came in while it tokenized
+            generation = model.generate(tokens, params.max_tokens, params.sampling,
+                                        params.stop, params.ignore_eos)
         attach(model.name, generation)
         return model, generation
 

@@ -15,7 +15,8 @@ from shimmy.commands.listing import print_report
 from shimmy.commands.ports import port_holder
 from shimmy.commands.term import paint, print_json
 from shimmy.config import Config
-from shimmy.engine import native
+from shimmy.engine import library
+from shimmy.engine.profile import INVARIANT
 from shimmy.sysinfo import available_memory_bytes, format_bytes, physical_cores, total_memory_bytes
 
 
@@ -69,16 +70,19 @@ def _print_facts(facts: dict[str, Any]) -> None:
 
 def _llama_facts() -> dict[str, Any]:
     try:
-        llama = native.load()
+        llama = library.load()
     except Exception as exc:  # a broken install must still get a report
         return {"loadable": False, "error": str(exc)}
-    backends = native.backend_dir()
+    backends = library.backend_dir()
     return {"loadable": True, "system_info": llama.system_info(),
-            "build": native.llama_build(),
+            "build": library.llama_build(),
             "cpu_variant": llama.cpu_variant() or None,
             "backend_dir": str(backends) if backends else None,
             "gpu_offload": bool(llama.supports_gpu_offload()),
-            "output_head": {"obstacle": native.output_head_obstacle()}}
+            "output_head": {"obstacle": library.output_head_obstacle()},
+            # decided per model when it loads (shimmy probe MODEL shows that one)
+            "engine_profile": {"name": INVARIANT, "tiled_kquant_kernel": "off",
+                               "decided": "at each model's load, by BatchEngine.warm_up"}}
 
 
 def _head_words(head: dict[str, Any]) -> str:

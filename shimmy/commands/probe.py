@@ -10,7 +10,7 @@ from typing import Any
 from shimmy.commands.advice import load_failure_hint, unknown_model_hint
 from shimmy.commands.term import LoadingLine, paint, print_json
 from shimmy.config import Config
-from shimmy.engine import native
+from shimmy.engine import library
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import GenerationError, Sampling
 from shimmy.errors import ApiError
@@ -55,11 +55,14 @@ def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> Non
         _print_header(facts)
     model = _load(config, entry, facts)
     facts["output_head"] = _head_words(model)
+    facts["engine_profile"] = model.profile.describe() if model.profile else None
     if not as_json:
         print(f"load time:    {facts['load_ms']:.0f} ms (context {facts['context']}, "
               f"{facts['slots']} slots, {facts['threads']} threads)")
         print(f"memory:       {format_bytes(facts['memory_bytes'])} resident for the model")
         print(f"output head:  {facts['output_head']}")
+        if model.profile:
+            print(f"profile:      {model.profile.words()}")
     try:
         started = time.perf_counter()
         text, tokens = asyncio.run(_one_token(model))
@@ -82,7 +85,7 @@ def _head_words(model: LoadedModel) -> str:
     engine = model.engine
     if engine is not None and engine.own_head:
         return "shimmy's (its logits equal llama.cpp's bit for bit at load)"
-    obstacle = native.output_head_obstacle()
+    obstacle = library.output_head_obstacle()
     if obstacle is None:
         differed = engine is not None and engine.head_checks[2] > 0
         obstacle = ("its logits differed from llama.cpp's at load" if differed

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shimmy.engine import native
+from shimmy.engine import library
+from shimmy.engine.profile import EngineProfile
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
 from shimmy.errors import invalid_request
@@ -20,6 +22,7 @@ _TEMPLATE_MARKERS = ("<|eot_id|>", "<|start_header_id|>", "<|im_start|>", "<star
                      "[INST]", "<|user|>", "<|end|>")
 
 log = logging.getLogger("shimmy.engine")
+FAIL_DECODE_ENV = "SHIMMY_TEST_FAIL_DECODE"
 
 
 # the KV cache element types a context can hold, and their bytes per value
@@ -64,42 +67,60 @@ def exact_weights(info: GGUFInfo | None, loras: list[Path] | None) -> bool:
     return info is not None and not loras and not info.matrix_types & ROW_SHAPED_TYPES
 
 
+def _inject_faults(engine: object) -> None:
+    """``SHIMMY_TEST_FAIL_DECODE=N[:M[:K]]``: the engine's N-th decode pass after load
+    fails, then every M-th, K times in all (tests of what a llama.cpp failure does to
+    served requests)."""
+    spec = os.environ.get(FAIL_DECODE_ENV)
+    if not spec:
+        return
+    numbers = [int(part) for part in spec.split(":")]
+    after, every = numbers[0], numbers[1] if len(numbers) > 1 else 0
+    count = numbers[2] if len(numbers) > 2 else (1_000_000 if every else 1)
+    engine.inject_decode_failures(after, every, count)
+    log.warning("%s=%s: decode passes will fail on purpose", FAIL_DECODE_ENV, spec)
+
+
 class LoadedModel:
     """Loads a GGUF through the C API; serves generations from its slots, or embeddings."""
 
     def __init__(self, name: str, path: Path, settings: EngineSettings,
                  loras: list[Path] | None = None, info: GGUFInfo | None = None) -> None:
-        sampler = native.load()
+        engine_module = library.load()
         started = time.perf_counter()
         self.name = name
         self.path = path
         self.max_tokens = settings.max_tokens
         self.info = info
         self.embeddings_only = is_embedding_model(info)
-        self.model = sampler.Model(str(path), settings.gpu_layers, settings.use_mmap,
-                                   [str(p) for p in loras or ()])
+        self.model = engine_module.Model(str(path), settings.gpu_layers, settings.use_mmap,
+                                         [str(p) for p in loras or ()])
         n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
             else settings.ctx
         self.engine = self.scheduler = self.embedder = None
+        self.profile: EngineProfile | None = None
         if self.embeddings_only:
-            self.embedder = sampler.Embedder(self.model, n_ctx, settings.threads)
+            self.embedder = engine_module.Embedder(self.model, n_ctx, settings.threads)
         else:
-            self.engine = sampler.BatchEngine(self.model, n_ctx, settings.parallel,
-                                              settings.threads, min(settings.batch, n_ctx),
-                                              settings.kv_type, settings.draft,
-                                              exact_weights(info, loras),
-                                              native.output_head_wanted())
+            self.engine = engine_module.BatchEngine(
+                self.model, n_ctx, settings.parallel, settings.threads,
+                min(settings.batch, n_ctx), settings.kv_type, settings.draft,
+                exact_weights(info, loras), library.output_head_wanted())
             self.engine.warm_up()
+            self.profile = EngineProfile.measured(self.engine)
+            _inject_faults(self.engine)
+            # cells are copied only where a row rounds alike in any step
             cells = PromptCache(settings.prompt_cache) \
-                if settings.prompt_cache > 0 and self.engine.exact_rows else None
-            self.scheduler = Scheduler(self.engine, name, cells)
+                if settings.prompt_cache > 0 and self.profile.exact_rows else None
+            self.scheduler = Scheduler(self.engine, name, cells, self.profile.exact_rows)
         self._embed_lock = threading.Lock()
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,
                  self.model.description, self.load_seconds, n_ctx,
                  settings.parallel, settings.threads,
-                 ", shimmy's output head" if self.engine and self.engine.own_head else "")
+                 f"; {self.profile.words()}, {self.profile.output_head}'s output head"
+                 if self.profile else "")
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -149,6 +170,18 @@ class LoadedModel:
                  logprobs: int = -1, reuse_cache: bool = True,
                  special: bool = False) -> Generation:
         """Queue a generation; must be called on the event loop that will consume it."""
+        generation = self.prepare(prompt, max_tokens, sampling, stop, ignore_eos, logprobs,
+                                  reuse_cache, special)
+        self.scheduler.submit(generation)
+        return generation
+
+    def prepare(self, prompt: str | list[int], max_tokens: int, sampling: Sampling,
+                stop: list[str] | None = None, ignore_eos: bool = False,
+                logprobs: int = -1, reuse_cache: bool = True,
+                special: bool = False) -> Generation:
+        """A generation checked against the model and ready for ``submit``; raises the
+        request's error. On the event loop that will consume it; a long text prompt is
+        better tokenized off the loop first (``asyncio.to_thread(self.tokenize, ...)``)."""
         if self.scheduler is None:
             raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
                                   "generate text", "The model does not generate text", "model")
@@ -168,10 +201,15 @@ class LoadedModel:
                 f"{need} tokens exceed the model's context of {self.n_ctx} tokens",
                 "Prompt and max_tokens exceed the context length",
             )
-        generation = Generation(tokens, max_tokens, sampling, [s for s in stop or () if s],
-                                ignore_eos, logprobs, reuse_cache, special)
-        self.scheduler.submit(generation)
-        return generation
+        return Generation(tokens, max_tokens, sampling, [s for s in stop or () if s],
+                          ignore_eos, logprobs, reuse_cache, special)
+
+    def submit(self, *generations: Generation) -> None:
+        """Queue prepared generations, all together (a multi-prompt request) or none."""
+        if self.scheduler is None:
+            raise invalid_request(f"Model '{self.name}' produces embeddings; it does not "
+                                  "generate text", "The model does not generate text", "model")
+        self.scheduler.submit(*generations)
 
     def close(self) -> None:
         if self.scheduler is not None:

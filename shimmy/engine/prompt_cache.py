@@ -30,10 +30,14 @@ class PromptCache:
     def __contains__(self, tokens: tuple[int, ...]) -> bool:
         return tokens in self._entries
 
+    def fits(self, size: int) -> bool:
+        """Whether an entry of ``size`` bytes would be kept (``put`` drops larger ones)."""
+        return 0 < size <= self.capacity
+
     def put(self, tokens: list[int], cells: bytes) -> None:
         """Keep ``cells`` (holding ``tokens``); entries it extends are dropped, since it
         serves every prompt they serve."""
-        if not tokens or not cells or len(cells) > self.capacity:
+        if not tokens or not self.fits(len(cells)):
             return
         key = tuple(tokens)
         for older in [k for k in self._entries if key[:len(k)] == k]:

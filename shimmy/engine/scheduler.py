@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shimmy.engine.lifecycle import RequestState, StateError, StepFailed, check_move
 from shimmy.engine.prompt_cache import PromptCache
 
 log = logging.getLogger("shimmy.engine")
@@ -50,7 +51,8 @@ class Generation:
 
     Iterate it for text pieces (or ``pieces()`` for text with log-probabilities);
     afterwards ``finish_reason`` and the token counts are set. ``cancel()`` (or
-    closing the iterator early) frees the slot before the scheduler's next step.
+    closing the iterator early) takes it out of the queue at once, or frees its slot
+    before the scheduler's next step. ``state`` follows ``lifecycle.REQUEST_MOVES``.
     """
 
     def __init__(self, prompt: list[int], max_tokens: int, sampling: Sampling,
@@ -64,12 +66,13 @@ class Generation:
         self.stop = stop
         self.ignore_eos = ignore_eos
         self.logprobs = logprobs
+        self.state = RequestState.QUEUED
         self.finish_reason: str | None = None
         self.stop_string: str | None = None  # the stop string that ended it, if one did
         self.completion_tokens = 0
         self.cached_tokens = 0
         self.error: str | None = None
-        self.cancelled = False
+        self.cancelled = False  # asked to stop (the scheduler ends it: CANCELLED)
         self.submitted_at = time.perf_counter()
         self.first_piece_at: float | None = None
         self.finished_at: float | None = None
@@ -104,10 +107,14 @@ class Generation:
         return "".join([piece async for piece in self])
 
     def cancel(self) -> None:
-        """Stop generating; the slot is freed before the scheduler's next step."""
+        """Stop generating: a queued request leaves the queue now, a placed one frees
+        its slot before the scheduler's next step."""
         if not self.cancelled and not self.finished and self._scheduler is not None:
             self.cancelled = True
-            self._scheduler.wake()
+            self._scheduler.cancel(self)
+
+    def _move(self, new: RequestState) -> None:
+        self.state = check_move(self.state, new)
 
     # called on the event loop's thread, scheduled by the scheduler thread
     def _feed(self, text: str, finish: str | None, completion_tokens: int,
@@ -128,14 +135,27 @@ class Generation:
         self.finished_at = time.perf_counter()
         self._pieces.put_nowait(None)
 
+    def _end(self) -> None:
+        """Cancelled: wake whoever still waits for pieces (there are no more)."""
+        self.finished_at = time.perf_counter()
+        self._pieces.put_nowait(None)
+
 
 class Scheduler:
-    """Owns a ``BatchEngine``; only its thread touches it."""
+    """Owns a ``BatchEngine``; only its thread touches it.
 
-    def __init__(self, engine: Any, name: str, prompt_cache: PromptCache | None = None) -> None:
+    The lock (``_wake``) guards the queue alone and is held only to push and pop: slot
+    choice, cell copies and sampler set-up run outside it, so ``submit()`` and
+    ``cancel()`` on the event loop never wait for them.
+    """
+
+    def __init__(self, engine: Any, name: str, prompt_cache: PromptCache | None = None,
+                 copies_cells: bool | None = None) -> None:
         self.engine = engine
         self.name = name
         self.prompt_cache = prompt_cache
+        # cells go between slots and the prompt cache only with the profile's exact rows
+        self.copies_cells = engine.exact_rows if copies_cells is None else copies_cells
         self._queue: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
@@ -157,10 +177,24 @@ class Scheduler:
     def n_queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, generation: Generation) -> None:
-        generation._scheduler = self
+    def submit(self, *generations: Generation) -> None:
+        """Queue the generations together: all of them, in order, or (raising) none."""
+        for generation in generations:
+            if generation.state is not RequestState.QUEUED or generation._scheduler:
+                raise StateError("a generation is submitted once")
         with self._wake:
-            self._queue.append(generation)
+            for generation in generations:
+                generation._scheduler = self
+            self._queue.extend(generations)
+            self._wake.notify()
+
+    def cancel(self, generation: Generation) -> None:
+        """Take a queued generation out now; a placed one goes before the next step."""
+        with self._wake:
+            if generation.state is RequestState.QUEUED:
+                self._queue.remove(generation)
+                generation._move(RequestState.CANCELLED)
+                generation._end()
             self._wake.notify()
 
     def wake(self) -> None:
@@ -185,40 +219,56 @@ class Scheduler:
     def _schedule(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._has_work():
+                while not self._stopping and not self._queue and not self.n_active:
                     self._wake.wait()
                 if self._stopping:
                     break
-                self._admit()
+            self._admit()
             self._drop_cancelled()
             if self.n_active:
                 self._step()
         self._fail_all("the model was unloaded")
 
-    def _has_work(self) -> bool:
-        return bool(self._queue) or self.n_active > 0
-
     def _admit(self) -> None:
-        while self._queue:
-            head = self._queue[0]
-            if head.cancelled:
-                self._queue.popleft()
-                continue
+        """Place queued requests in arrival order while a slot is free."""
+        while (head := self._peek()) is not None:
             free = self.engine.choose_slot(head.prompt)
             if free < 0:
                 return
+            if self._pop(head):
+                self._place(head, free)
+
+    def _peek(self) -> Generation | None:
+        with self._wake:
+            return self._queue[0] if self._queue else None
+
+    def _pop(self, head: Generation) -> bool:
+        """Take ``head`` out of the queue (PLACED), unless it was cancelled meanwhile."""
+        with self._wake:
+            if not self._queue or self._queue[0] is not head:
+                return False
             self._queue.popleft()
-            if self.engine.exact_rows and head.reuse_cache:
-                self._swap_cells(free, head.prompt)
-            sampling = dataclasses.asdict(head.sampling)
-            try:
-                head.cached_tokens = self.engine.start(
-                    free, head.prompt, sampling, head.stop, head.max_tokens, head.ignore_eos,
-                    head.logprobs, head.reuse_cache, head.special)
-            except Exception as exc:  # e.g. a grammar llama.cpp refuses: this request only
-                _call_soon(head._loop, head._fail, str(exc))
-                continue
-            self._slots[free] = head
+            head._move(RequestState.PLACED)
+            return True
+
+    def _place(self, generation: Generation, slot: int) -> None:
+        """Set the slot up for the request; anything failing here fails that request
+        alone, and the slot's cells are dropped in case the failure left them half set."""
+        try:
+            if self.copies_cells and generation.reuse_cache:
+                self._swap_cells(slot, generation.prompt)
+            generation.cached_tokens = self.engine.start(
+                slot, generation.prompt, dataclasses.asdict(generation.sampling),
+                generation.stop, generation.max_tokens, generation.ignore_eos,
+                generation.logprobs, generation.reuse_cache, generation.special)
+        except Exception as exc:  # e.g. a grammar llama.cpp refuses: this request only
+            log.warning("request not placed in slot %d of %s: %s", slot, self.name, exc)
+            with contextlib.suppress(Exception):
+                self.engine.forget(slot)
+            self._end_failed(generation, str(exc))
+            return
+        generation._move(RequestState.READING)
+        self._slots[slot] = generation
 
     def _swap_cells(self, slot: int, prompt: list[int]) -> None:
         """Before a request takes the idle ``slot``: keep the cells it would lose in the
@@ -228,7 +278,8 @@ class Scheduler:
         cache = self.prompt_cache
         if cache is not None and self.engine.cached_tokens(slot) > kept:
             held = self.engine.cached(slot)
-            if tuple(held) not in cache:
+            # serialising a whole slot only for the cache to drop it would be wasted
+            if tuple(held) not in cache and cache.fits(self.engine.cells_size(slot)):
                 cache.put(held, self.engine.save_cells(slot))
         if len(prompt) - 1 - kept < MIN_RESTORED_TOKENS:
             return  # no copy could save enough: the slot already holds nearly all of it
@@ -257,38 +308,64 @@ class Scheduler:
             if generation is not None and generation.cancelled:
                 self.engine.release(index)
                 self._slots[index] = None
+                generation._move(RequestState.CANCELLED)
+                _call_soon(generation._loop, generation._end)
                 log.debug("slot %d freed: request cancelled", index)
 
     def _step(self) -> None:
         try:
             events = self.engine.step()
-        except Exception as exc:  # llama.cpp failed the batch: fail its requests, keep serving
-            log.error("decode failed on %s: %s", self.name, exc)
-            self._fail_all(str(exc))
+        except StepFailed as exc:  # llama.cpp failed a batch: its requests fail, not others
+            log.error("decode failed on %s (slots %s): %s", self.name, exc.slots, exc)
+            self._deliver(exc.events)
+            for index in exc.slots:
+                if (generation := self._slots[index]) is not None:
+                    self._slots[index] = None
+                    self._end_failed(generation, str(exc))
             return
+        except Exception as exc:  # not a failed batch: no telling which slots it broke
+            log.exception("a step failed on %s", self.name)
+            self._fail_placed(str(exc))
+            return
+        self._deliver(events)
+
+    def _deliver(self, events: list[tuple]) -> None:
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
         for index, text, finish, count, logprobs, stop_string in events:
             generation = self._slots[index]
             if generation is None:
                 continue
+            if generation.state is RequestState.READING:
+                generation._move(RequestState.GENERATING)
             if finish is not None:
                 self._slots[index] = None
+                generation._move(RequestState.FINISHED)
             deliveries.setdefault(generation._loop, []).append(
                 (generation, text, finish, count, logprobs, stop_string))
         for loop, batch in deliveries.items():
             _call_soon(loop, _deliver, batch)
 
+    def _end_failed(self, generation: Generation, message: str) -> None:
+        generation._move(RequestState.FAILED)
+        _call_soon(generation._loop, generation._fail, message)
+
+    def _fail_placed(self, message: str) -> None:
+        """Fail the requests in slots, whose cells are dropped; queued ones stay."""
+        for index, generation in enumerate(self._slots):
+            if generation is not None:
+                with contextlib.suppress(Exception):
+                    self.engine.forget(index)
+                self._slots[index] = None
+                self._end_failed(generation, message)
+
     def _fail_all(self, message: str) -> None:
+        """Fail every request, queued ones too: the thread is stopping or broken."""
         with self._wake:
             waiting = list(self._queue)
             self._queue.clear()
-        for index, generation in enumerate(self._slots):
-            if generation is not None:
-                self.engine.release(index)
-                self._slots[index] = None
-                waiting.append(generation)
+        self._fail_placed(message)
         for generation in waiting:
-            _call_soon(generation._loop, generation._fail, message)
+            self._end_failed(generation, message)
 
 
 def _deliver(batch: list[tuple]) -> None:

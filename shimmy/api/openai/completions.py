@@ -66,6 +66,9 @@ class Completions:
         return Response.json(await _complete(job))
 
     async def start(self, body: dict[str, Any], stream: bool) -> CompletionJob:
+        """Validate and tokenize every prompt (off the event loop), then queue them all
+        together: a request is admitted whole, counting each prompt against --max-queue,
+        or not at all."""
         model = await self.state.pool.get(params.string(body, "model", "default"),
                                           params.keep_alive(body))
         check_capacity(model)
@@ -77,17 +80,29 @@ class Completions:
         suffix = body.get("suffix")
         if suffix is not None and not isinstance(suffix, str):
             raise invalid_request("'suffix' must be a string", param="suffix")
-        choices = []
-        for index, prompt in enumerate(_prompts(body)):
-            tokens = _tokens(model, prompt, suffix or None)
-            text = prompt if isinstance(prompt, str) else model.model.detokenize(prompt)
-            limit = common.max_tokens(body, model, len(tokens), ("max_tokens",), 16)
-            generation = model.generate(tokens, limit, common.sampling(body),
-                                        params.stop_strings(body),
-                                        params.boolean(body, "ignore_eos", False), logprobs)
-            attach(model.name, generation)
-            choices.append(Choice(index, text, generation))
+        prompts = _prompts(body)
+        with self.state.pool.hold(model):  # not unloaded while its prompts are tokenized
+            tokenized = await asyncio.to_thread(_tokenize_all, model, prompts, suffix or None)
+            choices = []
+            for index, (tokens, text) in enumerate(tokenized):
+                limit = common.max_tokens(body, model, len(tokens), ("max_tokens",), 16)
+                generation = model.prepare(tokens, limit, common.sampling(body),
+                                           params.stop_strings(body),
+                                           params.boolean(body, "ignore_eos", False), logprobs)
+                choices.append(Choice(index, text, generation))
+            check_capacity(model, len(choices))  # again: others came in while it tokenized
+            model.submit(*(choice.generation for choice in choices))
+        for choice in choices:
+            attach(model.name, choice.generation)
         return CompletionJob(model, choices, echo, logprobs, include_usage)
+
+
+def _tokenize_all(model: LoadedModel, prompts: list[str | list[int]],
+                  suffix: str | None) -> list[tuple[list[int], str]]:
+    """Each prompt's tokens and its text (for echo); raises the first prompt's error."""
+    return [(_tokens(model, prompt, suffix),
+             prompt if isinstance(prompt, str) else model.model.detokenize(prompt))
+            for prompt in prompts]
 
 
 def _prompts(body: dict[str, Any]) -> list[str | list[int]]:

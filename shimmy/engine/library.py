@@ -1,4 +1,5 @@
-"""Loads the compiled llama.cpp boundary once, on first use.
+"""Loads llama.cpp (libllama, its ggml CPU variants) and shimmy's engine extension once,
+on first use.
 
 Importing it maps libllama and its ggml backends; commands that never touch a
 model (``--help``, ``list``) do not pay for that.
@@ -60,14 +61,14 @@ def load() -> ModuleType:
             # logits do not depend on how many rows share its pass (BatchEngine.warm_up
             # checks), so a seed's text does not depend on other requests
             os.environ["GGML_CPU_TILED_MM"] = "0"
-            from shimmy.engine import _sampler
+            from shimmy.engine import _engine
 
             directory = backend_dir()
-            if not _sampler.init_backend(_verbose, str(directory) if directory else None):
+            if not _engine.init_backend(_verbose, str(directory) if directory else None):
                 raise BackendError(
                     f"llama.cpp loaded no CPU backend from {directory or 'anywhere'}: "
                     "no libggml-cpu-*.so there runs on this CPU")
-            _module = _sampler
+            _module = _engine
         return _module
 
 
