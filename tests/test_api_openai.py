@@ -236,7 +236,6 @@ def test_prefix_cache_shows_in_usage(client: openai.OpenAI) -> None:
          "messages"),
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"temperature": 3}, "temperature"),
-        ({"max_tokens": 100_000}, None),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}],
           "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),

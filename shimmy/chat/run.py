@@ -130,7 +130,8 @@ async def start_chat(model: LoadedModel, request: ChatRequest) -> ChatRun:
         prompts.check_tools(request.tools)
     _check_tool_choice(request)
     grammar = _grammar(request)
-    text, tokens = await asyncio.to_thread(prompts.render, model, request)
+    with model.preparing():
+        text, tokens = await asyncio.to_thread(prompts.render, model, request)
     budget, budget_is_context = completion_budget(model, len(tokens), request.max_tokens)
     template = model.chat_template
     tools = prompts.offered_tools(request)
@@ -154,7 +155,8 @@ async def count_tokens(model: LoadedModel, request: ChatRequest) -> int:
     """How many tokens the request's prompt takes, template and tools included."""
     if request.tools:
         prompts.check_tools(request.tools)
-    _, tokens = await asyncio.to_thread(prompts.render, model, request)
+    with model.preparing():
+        _, tokens = await asyncio.to_thread(prompts.render, model, request)
     return len(tokens)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +93,7 @@ class LoadedModel:
         self.name = name
         self.path = path
         self.max_tokens = settings.max_tokens
+        self.n_preparing = 0  # requests rendering their prompts: in use, though not queued
         self.info = info
         self.embeddings_only = is_embedding_model(info)
         self.model = engine_module.Model(str(path), settings.gpu_layers, settings.use_mmap,
@@ -164,6 +167,16 @@ class LoadedModel:
         if self.model.adds_bos and bos >= 0 and (not tokens or tokens[0] != bos):
             tokens.insert(0, bos)
         return tokens
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Count a request as using the model while its prompt is made off the event
+        loop, before it is queued: the pool does not unload a model in use."""
+        self.n_preparing += 1
+        try:
+            yield
+        finally:
+            self.n_preparing -= 1
 
     def generate(self, prompt: str | list[int], max_tokens: int, sampling: Sampling,
                  stop: list[str] | None = None, ignore_eos: bool = False,

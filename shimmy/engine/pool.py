@@ -138,7 +138,8 @@ class Resident:
     @property
     def generating(self) -> int:
         scheduler = self.model.scheduler
-        return scheduler.n_active + scheduler.n_queued if scheduler is not None else 0
+        queued = scheduler.n_active + scheduler.n_queued if scheduler is not None else 0
+        return queued + self.model.n_preparing
 
     def expires_in(self, now: float) -> float:
         """Seconds until it expires; from now + keep-alive while in use."""
