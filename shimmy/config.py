@@ -44,6 +44,7 @@ class Config:
     gpu_layers: int = 0
     kv_cache_type: str = "bf16"
     draft: int = 3
+    batch_size: int = 64  # prompt tokens read per chunk
     max_tokens: int = 0  # the most tokens one answer may generate; 0: what the context leaves
     verbose: bool = False
     # serving: who may connect, how much may wait, how long things may take
@@ -76,7 +77,8 @@ class Config:
             config.model_path = Path(model_path).expanduser()
         for dirs in getattr(args, "model_dirs", None) or ():
             config.model_dirs.extend(Path(d).expanduser() for d in dirs.split(";") if d)
-        for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type", "draft"):
+        for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type", "draft",
+                     "batch_size"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
         if getattr(args, "command", None) == "serve" and args.max_tokens is not None:
@@ -148,6 +150,8 @@ class Config:
         if self.kv_cache_type not in KV_CACHE_TYPES:
             raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
                               + ", ".join(KV_CACHE_TYPES))
+        if not 16 <= self.batch_size <= 4096:
+            raise ConfigError(f"--batch-size {self.batch_size}: choose 16 to 4096 tokens")
         if self.max_tokens < 0:
             raise ConfigError(f"--n-predict {self.max_tokens}: must be 0 (no cap) or more")
         if not 0 <= self.draft <= MAX_DRAFT:
@@ -180,6 +184,7 @@ class Config:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type,
                               draft=self.draft, prompt_cache=self.prompt_cache,
+                              batch=self.batch_size,
                               max_tokens=self.max_tokens)
 
     def pool_limits(self) -> PoolLimits:

@@ -21,6 +21,20 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
+class ContextExceeded(ApiError):
+    """A prompt longer than a slot's context; the sizes travel with it, so that each API
+    can word the error as its clients expect."""
+
+    def __init__(self, model: str, n_prompt: int, n_ctx: int, advice: str) -> None:
+        super().__init__(400, "context_length_exceeded", "Prompt exceeds the context length",
+                         f"The prompt has {n_prompt} tokens; the context of a slot of model "
+                         f"'{model}' holds {n_ctx}. {advice}", "messages")
+        self.model = model
+        self.n_prompt = n_prompt
+        self.n_ctx = n_ctx
+        self.advice = advice
+
+
 def model_not_found(name: str) -> ApiError:
     return ApiError(
         404,

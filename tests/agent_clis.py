@@ -225,10 +225,13 @@ CAPTURED_MODEL = "some-model"  # the model name in tests/data/agents' captured r
 
 
 def serve_for_agents(model_path: Path, home: Path) -> Any:
-    """``shimmy serve`` on the embedded model (a conftest.ShimmyProcess): two slots of
-    32k tokens, the captured requests' model name an alias of the default model."""
+    """``shimmy serve`` on the embedded model (a conftest.ShimmyProcess) as README sets it
+    up for agents: two slots of 32k tokens, long prompts read in 512-token chunks over an
+    f16 cache, answers capped (a base model may not stop by itself, and Codex sends no
+    limit), the captured requests' model name an alias of the default model."""
     from conftest import ShimmyProcess, isolated_env
 
     args = ["--model-path", str(model_path), "--ctx", str(AGENT_CONTEXT), "--parallel", "2",
+            "--kv-cache-type", "f16", "--batch-size", "512", "--n-predict", "64",
             "--keep-alive", "-1", "--model-alias", f"{CAPTURED_MODEL}=default"]
     return ShimmyProcess(args, isolated_env(home), home)

@@ -287,6 +287,7 @@ def test_disconnect_mid_stream_frees_the_slot(port: int) -> None:
     assert wait_until(lambda: busy_slots(port) == 0, timeout=2.0)
 
 
+@pytest.mark.exact_rows
 def test_eight_concurrent_requests_match_their_solo_text(port: int) -> None:
     prompts = [f"Fact number {i} about the moon:" for i in range(8)]
     fields = {"max_tokens": 24, "temperature": 0.8}

@@ -213,6 +213,7 @@ def test_tool_messages_round_trip(client: openai.OpenAI) -> None:
     assert reply.usage.prompt_tokens > 40
 
 
+@pytest.mark.exact_rows
 def test_prefix_cache_shows_in_usage(client: openai.OpenAI) -> None:
     long_system = "You are a helpful assistant. " * 60  # > 256 tokens
     first = [{"role": "system", "content": long_system}, {"role": "user", "content": "Hi"}]

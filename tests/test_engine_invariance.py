@@ -204,6 +204,7 @@ def test_a_chat_turn_reusing_its_history_rounds_as_a_cold_start(engine: Any) -> 
     assert traces[0] == traces[1]
 
 
+@pytest.mark.exact_rows
 @pytest.mark.parametrize("kv_type", ["f16", "bf16"])
 def test_eight_requests_decoding_together_change_nothing(model: Any, kv_type: str) -> None:
     """llama.cpp's tiled K-quant kernel, which it takes from 8 rows on, rounded each of 8

@@ -173,6 +173,7 @@ def test_a_generation_moves_the_counters(port: int) -> None:
     assert value(after, "shimmy_queue_depth", model=MODEL) == 0
 
 
+@pytest.mark.exact_rows
 def test_guesses_ahead_are_counted(port: int) -> None:
     before = scrape(port)
     # the model answers this by repeating its pattern, which a lone request guesses

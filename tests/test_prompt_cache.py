@@ -60,6 +60,7 @@ def generate(eng: Any, slot: int, tokens: list[int]) -> tuple[int, list[tuple[in
     return reused, trace
 
 
+@pytest.mark.exact_rows
 def test_restored_cells_serve_a_prompt_as_computed_ones(model: Any) -> None:
     from shimmy.engine import library
 
@@ -76,6 +77,7 @@ def test_restored_cells_serve_a_prompt_as_computed_ones(model: Any) -> None:
     assert warm == cold
 
 
+@pytest.mark.exact_rows
 def test_a_busy_slots_cells_serve_another_slot_as_computed_ones(model: Any) -> None:
     """A copy of a slot's cells taken while it generates: the prompt it shares with the
     other slot is read from its last token on, and neither text changes."""
@@ -113,6 +115,7 @@ def test_cells_are_not_restored_where_rows_round_otherwise(model: Any) -> None:
         eng.restore_cells(0, b"cells", [1, 2])
 
 
+@pytest.mark.exact_rows
 @pytest.mark.parametrize("prompt_cache", ["256MiB", "0"])
 def test_a_prompt_is_read_from_memory_after_its_slot_moved_on(
         model_path: Path, tmp_path: Path, prompt_cache: str) -> None:
@@ -138,6 +141,7 @@ def test_a_prompt_is_read_from_memory_after_its_slot_moved_on(
         process.stop()
 
 
+@pytest.mark.exact_rows
 def test_a_prompt_another_request_is_generating_from_is_copied(
         model_path: Path, tmp_path: Path) -> None:
     """Two requests with one long prompt (a shared system prompt, say): the second, sent

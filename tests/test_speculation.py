@@ -59,6 +59,7 @@ def generate(eng: Any, tokens: list[int], sampling: dict, max_tokens: int,
                 return text, trace, finish, count
 
 
+@pytest.mark.exact_rows
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 def test_guessing_ahead_gives_the_plain_tokens_and_logprobs(engines: Any, sampling: dict) -> None:
     model, guessing, plain = engines
@@ -138,6 +139,7 @@ def test_models_whose_kernels_depend_on_row_count_never_guess(model_path: Path,
     assert not exact_weights(tiny, [])
 
 
+@pytest.mark.exact_rows
 def test_a_loaded_model_guesses_as_configured(model_path: Path) -> None:
     from shimmy.engine.loaded import EngineSettings, LoadedModel
     from shimmy.models.gguf import read_gguf_info

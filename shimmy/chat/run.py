@@ -27,7 +27,7 @@ from shimmy.chat.request import ChatRequest
 from shimmy.chat.syntax import OutputParser, detect_syntax, needs_special_tokens, opens_thinking
 from shimmy.engine.loaded import LoadedModel
 from shimmy.engine.scheduler import Generation, GenerationError
-from shimmy.errors import ApiError, generation_failed, invalid_request
+from shimmy.errors import ContextExceeded, generation_failed, invalid_request
 from shimmy.logs import attach
 from shimmy.security import check_capacity
 
@@ -172,15 +172,13 @@ def completion_budget(model: LoadedModel, n_prompt: int,
     return wanted, False
 
 
-def context_exceeded(model: LoadedModel, n_prompt: int) -> ApiError:
+def context_exceeded(model: LoadedModel, n_prompt: int) -> ContextExceeded:
     """A prompt too long for a slot: the sizes, and the flag that makes room."""
     trained = model.model.n_ctx_train
     hint = f" (the model was trained for {trained})" if trained > model.n_ctx else ""
-    return ApiError(
-        400, "context_length_exceeded", "Prompt exceeds the context length",
-        f"The prompt has {n_prompt} tokens; a slot of model '{model.name}' holds "
-        f"{model.n_ctx}. Start shimmy serve with a larger --ctx{hint}, and fewer "
-        "--parallel slots to save memory", "messages")
+    return ContextExceeded(model.name, n_prompt, model.n_ctx,
+                           f"Start shimmy serve with a larger --ctx{hint}, and fewer "
+                           "--parallel slots to save memory")
 
 
 def _check_tool_choice(request: ChatRequest) -> None:
