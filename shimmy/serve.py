@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from shimmy.api.routes import build_ollama_router, build_router
 from shimmy.api.state import AppState
@@ -32,6 +34,7 @@ def build_state(config: Config) -> AppState:
 
 
 async def serve(config: Config) -> int:
+    start_workers(asyncio.get_running_loop())
     state = build_state(config)
     if problem := explicit_model_problem(config, state.registry):
         print(f"error: {problem}", file=sys.stderr)
@@ -65,6 +68,20 @@ async def serve(config: Config) -> int:
         await serving
     await state.pool.aclose()
     return 0
+
+
+def start_workers(loop: asyncio.AbstractEventLoop) -> ThreadPoolExecutor:
+    """Give the loop a worker pool for blocking work (template rendering, tokenizing,
+    loading, hashing) with all its threads started now: a pool that grows under load
+    looks like a thread leak to anyone watching the process, and never shrinks anyway."""
+    size = min(32, (os.cpu_count() or 1) + 4)  # the size asyncio picks by default
+    workers = ThreadPoolExecutor(max_workers=size, thread_name_prefix="shimmy-worker")
+    everyone_started = threading.Barrier(size)
+    # each task blocks until all have a thread, so the pool must start every thread
+    for _ in range(size):
+        workers.submit(everyone_started.wait, 30)
+    loop.set_default_executor(workers)
+    return workers
 
 
 def build_server(config: Config, state: AppState) -> Server:
