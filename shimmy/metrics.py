@@ -157,6 +157,10 @@ class Metrics:
                                         "being read again", ("model",))
         self.cache_hits = Counter("shimmy_prompt_cache_hits_total",
                                   "Generations that reused cached prompt tokens", ("model",))
+        self.cache_lookups = Counter("shimmy_prompt_cache_lookups_total",
+                                     "Generations that reached a slot, each looking for its "
+                                     "prompt's start in the caches (hits / lookups: the hit "
+                                     "ratio)", ("model",))
         self.ttft = Histogram("shimmy_time_to_first_token_seconds",
                               "Time from queueing a generation to its first token",
                               ("model",), TTFT_BUCKETS)
@@ -196,6 +200,8 @@ class Metrics:
         self.generations.inc(model, generation_outcome(generation))
         self.prompt_tokens.inc(model, amount=generation.prompt_tokens)
         self.generated_tokens.inc(model, amount=generation.completion_tokens)
+        if generation.cached_tokens or generation.first_piece_at is not None:
+            self.cache_lookups.inc(model)
         if generation.cached_tokens:
             self.cache_hits.inc(model)
             self.cache_hit_tokens.inc(model, amount=generation.cached_tokens)

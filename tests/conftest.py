@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-
 import os
 import re
 import subprocess
@@ -25,7 +24,7 @@ REAL_MODEL_FIXTURES = frozenset({"model_path", "server", "port"})
 # servers): ``slow``. The quick lane (README) is ``pytest -m "not slow"``: about 560 of
 # the suite's tests in under 2 minutes on a two-core machine; the full suite runs all.
 SLOW_FILES = frozenset({
-    "test_agent_clis.py", "test_agent_requests.py", "test_binary.py",
+    "test_agent_clis.py", "test_agent_requests.py", "test_balancer.py", "test_binary.py",
     "test_engine_faults.py", "test_engine_invariance.py",
     "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_prompt_cache.py",
     "test_reliability.py", "test_reliability_load.py", "test_request_life.py",

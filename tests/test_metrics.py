@@ -14,6 +14,7 @@ from conftest import ShimmyProcess, isolated_env, wait_until
 from tiny_model import write_spelling_model
 from wsproto.events import TextMessage
 
+from shimmy.engine.scheduler import TokenRate
 from shimmy.logs import RequestRecord, _logfmt, log_request, record_fields
 from shimmy.metrics import Counter, Gauge, Histogram, Metrics, render
 
@@ -101,12 +102,27 @@ def test_request_records_become_metrics_and_log_fields() -> None:
     assert value(samples, "shimmy_generated_tokens_total", model="m") == 11
     assert value(samples, "shimmy_prompt_cache_hit_tokens_total", model="m") == 256
     assert value(samples, "shimmy_prompt_cache_hits_total", model="m") == 1
+    assert value(samples, "shimmy_prompt_cache_lookups_total", model="m") == 1
     assert value(samples, "shimmy_generations_total", model="m", outcome="length") == 1
     assert value(samples, "shimmy_time_to_first_token_seconds_count", model="m") == 1
     assert value(samples, "shimmy_tokens_per_second_sum", model="m") == pytest.approx(10.0)
     fields = record_fields(record)
     assert fields["ttft_ms"] == pytest.approx(200.0) and fields["tokens_per_s"] == 10.0
     assert fields["completion_tokens"] == 11 and fields["outcome"] == "length"
+
+
+def test_token_rate_averages_the_last_window() -> None:
+    rate = TokenRate(window=10.0)
+    assert rate.rate(now=100.0) == 0.0
+    for second in range(20):  # 30 tokens a second for 20 s
+        for step in range(3):
+            rate.add(10, now=100.0 + second + step / 3)
+    assert rate.total == 600
+    assert rate.rate(now=120.0) == pytest.approx(30.0, rel=0.12)
+    assert rate.rate(now=125.0) == pytest.approx(15.0, rel=0.25)  # half the window idle
+    assert rate.rate(now=131.0) == 0.0  # nothing in the last 10 s
+    rate.add(0, now=200.0)
+    assert rate.rate(now=200.0) == 0.0
 
 
 def test_text_request_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -130,11 +146,14 @@ def test_metrics_page_has_every_family(port: int) -> None:
     names = {name for name, _ in samples}
     for wanted in ("shimmy_models_loaded", "shimmy_slots_active", "shimmy_slots_total",
                    "shimmy_queue_depth", "shimmy_model_load_seconds", "shimmy_scheduler_up",
-                   "shimmy_connections_open", "shimmy_requests_in_flight",
+                   "shimmy_connections_open", "shimmy_requests_in_flight", "shimmy_slots_free",
+                   "shimmy_generation_tokens_per_second",
                    "process_resident_memory_bytes", "process_open_fds", "process_threads"):
         assert wanted in names, wanted
     assert value(samples, "shimmy_models_loaded") == 1
     assert value(samples, "shimmy_slots_total", model=MODEL) == 4
+    assert value(samples, "shimmy_slots_free", model=MODEL) \
+        == 4 - value(samples, "shimmy_slots_active", model=MODEL)
     assert value(samples, "shimmy_scheduler_up", model=MODEL) == 1
     assert value(samples, "shimmy_model_load_seconds", model=MODEL) > 0
 
@@ -167,6 +186,9 @@ def test_a_generation_moves_the_counters(port: int) -> None:
     assert grew("shimmy_prompt_tokens_total", model=MODEL) > 2 * 256
     assert grew("shimmy_prompt_cache_hit_tokens_total", model=MODEL) >= 256
     assert grew("shimmy_prompt_cache_hits_total", model=MODEL) >= 1
+    assert grew("shimmy_prompt_cache_lookups_total", model=MODEL) == 4
+    # those 23 tokens came out within the last few seconds: the 10 s average shows them
+    assert value(after, "shimmy_generation_tokens_per_second", model=MODEL) > 0
     assert grew("shimmy_time_to_first_token_seconds_count", model=MODEL) == 4
     assert grew("shimmy_tokens_per_second_count", model=MODEL) == 4
     assert grew("shimmy_generations_total", model=MODEL, outcome="length") == 4

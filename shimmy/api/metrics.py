@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from shimmy.api.state import AppState
 from shimmy.engine.loaded import LoadedModel
+from shimmy.engine.scheduler import RATE_WINDOW
 from shimmy.http.router import Router
 from shimmy.http.types import Request, Response
 from shimmy.metrics import (
@@ -32,8 +35,13 @@ def model_metrics(state: AppState) -> list[Metric]:
     models.set(value=len(loaded))
     load_seconds = Gauge("shimmy_model_load_seconds", "How long each loaded model took to load",
                          ("model",))
-    active = Gauge("shimmy_slots_active", "Slots generating or reading a prompt", ("model",))
+    active = Gauge("shimmy_slots_active", "Slots generating or reading a prompt (busy)",
+                   ("model",))
+    free = Gauge("shimmy_slots_free", "Slots free for the next queued generation", ("model",))
     total = Gauge("shimmy_slots_total", "Slots of each loaded model", ("model",))
+    rate = Gauge("shimmy_generation_tokens_per_second",
+                 f"Tokens generated per second, averaged over the last {RATE_WINDOW:g} s",
+                 ("model",))
     queued = Gauge("shimmy_queue_depth", "Generations waiting for a free slot", ("model",))
     up = Gauge("shimmy_scheduler_up", "1 while a model's scheduler thread runs", ("model",))
     drafted = Counter("shimmy_draft_tokens_total",
@@ -53,20 +61,32 @@ def model_metrics(state: AppState) -> list[Metric]:
                         measured.output_head, value=1)
             rows.set(name, value=measured.rows_per_pass)
             draft.set(name, value=measured.draft)
-        _scheduler_gauges(name, model, active, total, queued, up)
+        _scheduler_gauges(name, model, SlotGauges(active, free, total, queued, up, rate))
         if model.engine is not None:  # read across threads: a scrape may lag a step
             drafted.inc(name, amount=model.engine.n_drafted)
             accepted.inc(name, amount=model.engine.n_accepted)
-    return [models, load_seconds, active, total, queued, up, drafted, accepted, profile, rows,
-            draft]
+    return [models, load_seconds, active, free, total, queued, up, rate, drafted, accepted,
+            profile, rows, draft]
 
 
-def _scheduler_gauges(name: str, model: LoadedModel, active: Gauge, total: Gauge,
-                      queued: Gauge, up: Gauge) -> None:
+@dataclass(frozen=True, slots=True)
+class SlotGauges:
+    active: Gauge
+    free: Gauge
+    total: Gauge
+    queued: Gauge
+    up: Gauge
+    rate: Gauge
+
+
+def _scheduler_gauges(name: str, model: LoadedModel, gauges: SlotGauges) -> None:
     scheduler = model.scheduler
     if scheduler is None or model.engine is None:
         return  # an embedding model: no slots
-    active.set(name, value=scheduler.n_active)
-    total.set(name, value=model.engine.n_slots)
-    queued.set(name, value=scheduler.n_queued)
-    up.set(name, value=1 if scheduler.alive else 0)
+    busy, slots = scheduler.n_active, model.engine.n_slots
+    gauges.active.set(name, value=busy)
+    gauges.free.set(name, value=slots - busy)
+    gauges.total.set(name, value=slots)
+    gauges.queued.set(name, value=scheduler.n_queued)
+    gauges.up.set(name, value=1 if scheduler.alive else 0)
+    gauges.rate.set(name, value=round(scheduler.token_rate.rate(), 3))

@@ -25,6 +25,35 @@ log = logging.getLogger("shimmy.engine")
 # tokens a prompt must gain by cells copied in (from the prompt cache or another slot):
 # fewer are read faster than a long entry's cells are copied
 MIN_RESTORED_TOKENS = 8
+RATE_WINDOW = 10.0  # seconds over which ``TokenRate`` averages
+
+
+class TokenRate:
+    """Tokens generated over the last ``window`` seconds, per second.
+
+    One thread adds (the scheduler's, once a step), others read: marks of the running
+    total are kept once a second at most, so a reading is exact to about a second.
+    """
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self.total = 0
+        self._marks: deque[tuple[float, int]] = deque()  # (time, total before that time)
+
+    def add(self, tokens: int, now: float | None = None) -> None:
+        if tokens <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        if not self._marks or now - self._marks[-1][0] >= 1.0:
+            self._marks.append((now, self.total))
+        self.total += tokens
+        while self._marks[0][0] < now - self.window:
+            self._marks.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        marks = [mark for mark in list(self._marks) if mark[0] >= now - self.window]
+        return (self.total - marks[0][1]) / self.window if marks else 0.0
 
 
 @dataclass(slots=True)
@@ -76,6 +105,7 @@ class Generation:
         self.submitted_at = time.perf_counter()
         self.first_piece_at: float | None = None
         self.finished_at: float | None = None
+        self._counted = 0  # tokens the scheduler has counted in its rate (its thread only)
         self._loop = asyncio.get_running_loop()
         self._pieces: asyncio.Queue[tuple[str, list | None] | None] = asyncio.Queue()
         self._scheduler: Scheduler | None = None
@@ -160,6 +190,7 @@ class Scheduler:
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
         self._stopping = False
+        self.token_rate = TokenRate()  # generated tokens per second, for /metrics
         self.failed: str | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
@@ -331,10 +362,13 @@ class Scheduler:
 
     def _deliver(self, events: list[tuple]) -> None:
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
+        generated = 0
         for index, text, finish, count, logprobs, stop_string in events:
             generation = self._slots[index]
             if generation is None:
                 continue
+            generated += count - generation._counted
+            generation._counted = count
             if generation.state is RequestState.READING:
                 generation._move(RequestState.GENERATING)
             if finish is not None:
@@ -342,6 +376,7 @@ class Scheduler:
                 generation._move(RequestState.FINISHED)
             deliveries.setdefault(generation._loop, []).append(
                 (generation, text, finish, count, logprobs, stop_string))
+        self.token_rate.add(generated)
         for loop, batch in deliveries.items():
             _call_soon(loop, _deliver, batch)
 
