@@ -21,6 +21,23 @@ if [ ! -x /usr/bin/chromium ]; then
              "skipped; as root: apt-get install chromium" >&2
     fi
 fi
+# the balancer's tests (tests/test_balancer.py) run Debian's nginx in front of two replicas
+# and check the HAProxy config with Debian's haproxy; the services those packages would
+# start (nginx on port 80) are stopped and disabled: the tests run their own
+missing=()
+for tool in nginx haproxy; do [ -x "/usr/sbin/$tool" ] || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now -q "${missing[@]}" || true
+        fi
+    else
+        echo "note: ${missing[*]} missing, so the balancer's tests will be skipped or" \
+             "partly skipped; as root: apt-get install ${missing[*]}" >&2
+    fi
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 
