@@ -75,8 +75,8 @@ def replica_of(headers: dict[str, str]) -> int:
 
 
 def chat(port: int, messages: list[dict], session: str | None = None,
-         max_tokens: int = 6) -> tuple[dict[str, str], dict]:
-    headers = {"X-Session-Id": session} if session else None
+         max_tokens: int = 6, header: str = "X-Session-Id") -> tuple[dict[str, str], dict]:
+    headers = {header: session} if session else None
     status, got, body = request(port, "POST", "/v1/chat/completions",
                                 {"model": "default", "messages": messages, "temperature": 0,
                                  "max_tokens": max_tokens}, headers=headers)
@@ -100,17 +100,18 @@ def test_the_shipped_configs_pass_their_checks(nginx_binary: str, tmp_path: Path
 
 
 def test_a_session_stays_on_its_replica_and_reuses_its_prefix(balancer: Nginx) -> None:
-    for n in range(4):
+    # the headers that Claude Code, Codex and other clients send
+    for n, header in enumerate(["X-Claude-Code-Session-Id", "Thread-Id", "X-Session-Id"] * 2):
         session = f"s{n}-{uuid.uuid4().hex[:8]}"
         # each conversation differs from its first token: only its own turns are cached
         messages = [{"role": "system", "content": f"Conversation {session}. {CONTEXT}"},
                     {"role": "user", "content": "Name a famous bridge."}]
-        headers, first = chat(balancer.port, messages, session)
+        headers, first = chat(balancer.port, messages, session, header=header)
         replica = replica_of(headers)
         for turn in ("And a famous harbour?", "And a river?"):
             messages += [first["choices"][0]["message"], {"role": "user", "content": turn}]
-            headers, answer = chat(balancer.port, messages, session)
-            assert replica_of(headers) == replica, f"session {session} moved"
+            headers, answer = chat(balancer.port, messages, session, header=header)
+            assert replica_of(headers) == replica, f"session {session} ({header}) moved"
             # the earlier turn's prompt (whole 64-token chunks of it at least) was reused
             assert cached(answer) >= first["usage"]["prompt_tokens"] - 64 > 0, answer
             first = answer

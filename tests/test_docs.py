@@ -18,7 +18,8 @@ from shimmy.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGURATION = REPO / "docs" / "CONFIGURATION.md"
-DOCS_WITH_COMMANDS = [REPO / "README.md", CONFIGURATION, REPO / "docs" / "TROUBLESHOOTING.md"]
+DOCS_WITH_COMMANDS = [REPO / "README.md", CONFIGURATION, REPO / "docs" / "TROUBLESHOOTING.md",
+                      REPO / "docs" / "DEPLOYMENT.md"]
 TOP = "shimmy"  # the top-level parser, in the docs' "commands" column
 ENV_NAMES = re.compile(
     r"\b(SHIMMY_[A-Z0-9_]+|OLLAMA_MODELS|HF_[A-Z0-9_]+|LMSTUDIO_[A-Z0-9_]+|NO_COLOR|"
