@@ -9,6 +9,12 @@ C clients each send ``--requests`` completions without a session header (least
 connections), and the generated tokens are summed over the wall time. The setups take
 turns round by round, so a drifting machine shifts them alike. On one machine the
 replicas share its cores: compare setups with the same total of threads (2x1 and 1x2).
+
+    .venv/bin/python bench/replicas.py --sessions 5
+
+instead times a conversation's second turn (a long system prompt, then a short turn) on
+2 replicas: sent with its session key through nginx, which routes it to the replica that
+read the first turn, against the same request sent straight to the other replica.
 """
 
 from __future__ import annotations
@@ -99,6 +105,57 @@ def measure(args: argparse.Namespace, setup: str, nginx_binary: str, folder: Pat
             proc.wait(timeout=30)
 
 
+SYSTEM = ("You are a careful assistant for a harbour authority. You answer questions about "
+          "ships, berths, tides, cargo and safety rules, briefly and precisely. ") * 24
+
+
+def chat(port: int, messages: list[dict], session: str) -> tuple[float, int, str]:
+    """Seconds, cached prompt tokens and the replica that answered (X-Shimmy-Replica)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.perf_counter()
+    try:
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(
+            {"model": "default", "messages": messages, "max_tokens": 8,
+             "temperature": 0}).encode(),
+            headers={"Content-Type": "application/json", "X-Session-Id": session})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        replica = response.getheader("x-shimmy-replica", "").split(",")[-1].strip()
+    finally:
+        conn.close()
+    cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+    return time.perf_counter() - started, cached, replica
+
+
+def sessions(args: argparse.Namespace, nginx_binary: str, folder: Path) -> None:
+    replicas = [start_replica(args, 1) for _ in range(2)]
+    nginx = Nginx(nginx_binary, folder, [port for _, port in replicas])
+    sticky, cold = [], []
+    try:
+        for n in range(args.sessions):
+            session = f"bench-{n}-{time.time_ns()}"
+            messages = [{"role": "system", "content": f"Conversation {session}. {SYSTEM}"},
+                        {"role": "user", "content": "Which berth is free?"}]
+            _, _, first = chat(nginx.port, messages, session)
+            messages += [{"role": "assistant", "content": "Berth 4."},
+                         {"role": "user", "content": "And tomorrow?"}]
+            other = next(port for _, port in replicas if not first.endswith(f":{port}"))
+            seconds, cached, _ = chat(other, messages, session)  # the other replica: cold
+            cold.append(seconds)
+            seconds, cached, replica = chat(nginx.port, messages, session)
+            assert replica == first and cached > 0, (replica, first, cached)
+            sticky.append(seconds)
+            print(f"session {n + 1}: cold {cold[-1]:.2f} s, sticky {seconds:.2f} s "
+                  f"({cached} prompt tokens cached)", flush=True)
+    finally:
+        nginx.stop()
+        for proc, _ in replicas:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"second turn, median of {args.sessions}: on the replica of the first turn "
+          f"{statistics.median(sticky):.2f} s, on the other {statistics.median(cold):.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", nargs="+", default=["1x1", "2x1", "1x2"],
@@ -109,10 +166,16 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="slots per replica")
     parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sessions", type=int, default=0,
+                        help="time this many conversations' second turns instead")
     args = parser.parse_args()
     nginx_binary = find_nginx()
     if nginx_binary is None:
         sys.exit("nginx is not installed (apt-get install nginx)")
+    if args.sessions:
+        with tempfile.TemporaryDirectory() as tmp:
+            sessions(args, nginx_binary, Path(tmp))
+        return
     figures: dict[str, list[float]] = {setup: [] for setup in args.setups}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
