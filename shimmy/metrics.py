@@ -200,7 +200,7 @@ class Metrics:
         self.generations.inc(model, generation_outcome(generation))
         self.prompt_tokens.inc(model, amount=generation.prompt_tokens)
         self.generated_tokens.inc(model, amount=generation.completion_tokens)
-        if generation.cached_tokens or generation.first_piece_at is not None:
+        if generation.cached_tokens or getattr(generation, "first_piece_at", None) is not None:
             self.cache_lookups.inc(model)
         if generation.cached_tokens:
             self.cache_hits.inc(model)

@@ -103,7 +103,7 @@ def test_a_session_stays_on_its_replica_and_reuses_its_prefix(balancer: Nginx) -
     # the headers that Claude Code, Codex and other clients send
     for n, header in enumerate(["X-Claude-Code-Session-Id", "Thread-Id", "X-Session-Id"] * 2):
         session = f"s{n}-{uuid.uuid4().hex[:8]}"
-        # each conversation differs from its first token: only its own turns are cached
+        # each conversation differs from its first words on: only its own turns are cached
         messages = [{"role": "system", "content": f"Conversation {session}. {CONTEXT}"},
                     {"role": "user", "content": "Name a famous bridge."}]
         headers, first = chat(balancer.port, messages, session, header=header)
