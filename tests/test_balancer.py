@@ -1,10 +1,10 @@
-"""Two shimmy replicas behind nginx, configured by ``deploy/nginx/shimmy.conf``.
+"""Two shimmy replicas behind nginx and behind HAProxy, configured by ``deploy/``.
 
 A conversation (a session header) stays on one replica, so its next turn reuses the
 cached prefix there; requests without one go to the least busy replica; streams pass
 through unbuffered and a client's disconnect reaches the replica; a replica killed is
-skipped and the requests go on succeeding on the other. Runs Debian's nginx, which
-``scripts/setup.sh`` installs when run as root; skipped where it is missing.
+skipped and the requests go on succeeding on the other. Runs Debian's nginx and haproxy,
+which ``scripts/setup.sh`` installs when run as root; skipped where they are missing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from balancer import HAPROXY_CONF, NGINX_CONF, REPO, Nginx, check, find_haproxy, find_nginx
+from balancer import (
+    HAPROXY_CONF,
+    NGINX_CONF,
+    REPO,
+    Balancer,
+    Haproxy,
+    Nginx,
+    check,
+    find_haproxy,
+    find_nginx,
+)
 from clients import WsClient, busy_slots, request
 from conftest import ShimmyProcess, isolated_env, wait_until
 from wsproto.events import TextMessage
@@ -42,9 +52,22 @@ def nginx_binary() -> str:
     return binary
 
 
+BALANCERS = {"nginx": (find_nginx, Nginx), "haproxy": (find_haproxy, Haproxy)}
+
+
+@pytest.fixture(scope="module", params=sorted(BALANCERS, reverse=True))
+def kind(request: pytest.FixtureRequest) -> str:
+    """nginx (first), then HAProxy: each in front of replicas of its own."""
+    find, _ = BALANCERS[request.param]
+    if find() is None:
+        pytest.skip(f"{request.param} is not installed (scripts/setup.sh installs Debian's "
+                    f"package when run as root; or: apt-get install {request.param})")
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def replicas(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
-             nginx_binary: str) -> Iterator[list[ShimmyProcess]]:
+             kind: str) -> Iterator[list[ShimmyProcess]]:
     started = []
     try:
         for _ in range(2):
@@ -63,12 +86,12 @@ def replicas(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="module")
-def balancer(nginx_binary: str, replicas: list[ShimmyProcess],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    nginx = Nginx(nginx_binary, tmp_path_factory.mktemp("nginx"),
-                  [replica.port for replica in replicas])
-    yield nginx
-    nginx.stop()
+def balancer(kind: str, replicas: list[ShimmyProcess],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
+    find, start = BALANCERS[kind]
+    running = start(find(), tmp_path_factory.mktemp(kind), [r.port for r in replicas])
+    yield running
+    running.stop()
 
 
 def replica_of(headers: dict[str, str]) -> int:
@@ -101,7 +124,7 @@ def test_the_shipped_configs_pass_their_checks(nginx_binary: str, tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_session_stays_on_its_replica_and_reuses_its_prefix(balancer: Nginx) -> None:
+def test_a_session_stays_on_its_replica_and_reuses_its_prefix(balancer: Balancer) -> None:
     # the headers that Claude Code, Codex and other clients send
     for n, header in enumerate(["X-Claude-Code-Session-Id", "Thread-Id", "X-Session-Id"] * 2):
         session = f"s{n}-{uuid.uuid4().hex[:8]}"
@@ -139,7 +162,7 @@ def first_text(response: http.client.HTTPResponse) -> str:
     raise AssertionError("the stream ended without text")
 
 
-def test_streams_pass_unbuffered_to_the_least_busy_replica(balancer: Nginx) -> None:
+def test_streams_pass_unbuffered_to_the_least_busy_replica(balancer: Balancer) -> None:
     # long streams (several seconds each here) that the test cuts off
     conn_a, stream_a = open_stream(balancer.port, 800)
     replica_a = replica_of({k.lower(): v for k, v in stream_a.getheaders()})
@@ -157,7 +180,7 @@ def test_streams_pass_unbuffered_to_the_least_busy_replica(balancer: Nginx) -> N
                       timeout=10)
 
 
-def test_a_websocket_passes_through(balancer: Nginx) -> None:
+def test_a_websocket_passes_through(balancer: Balancer) -> None:
     client = WsClient(balancer.port, "/ws/generate")
     client.send(TextMessage(data=json.dumps({"prompt": "Hello", "max_tokens": 4,
                                              "temperature": 0})))
@@ -168,7 +191,7 @@ def test_a_websocket_passes_through(balancer: Nginx) -> None:
     assert frame["usage"]["completion_tokens"] == 4 and frames
 
 
-def test_a_dead_replica_is_skipped(balancer: Nginx, replicas: list[ShimmyProcess]) -> None:
+def test_a_dead_replica_is_skipped(balancer: Balancer, replicas: list[ShimmyProcess]) -> None:
     # runs last in this file: it kills a replica
     session = f"failover-{uuid.uuid4().hex[:8]}"
     messages = [{"role": "user", "content": "Name a famous harbour."}]
@@ -181,8 +204,11 @@ def test_a_dead_replica_is_skipped(balancer: Nginx, replicas: list[ShimmyProcess
     # request sent on that connection before would get 502 (docs/DEPLOYMENT.md)
     time.sleep(0.2)
     headers, _ = chat(balancer.port, messages, session)
-    tried = [addr.strip() for addr in headers["x-shimmy-replica"].split(",")]
-    assert tried == [f"127.0.0.1:{victim.port}", f"127.0.0.1:{survivor.port}"]
+    if balancer.name == "nginx":  # nginx names each replica it tried; HAProxy the last
+        tried = [addr.strip() for addr in headers["x-shimmy-replica"].split(",")]
+        assert tried == [f"127.0.0.1:{victim.port}", f"127.0.0.1:{survivor.port}"]
+    else:
+        assert replica_of(headers) == survivor.port
     for request_session in (session, None, None, "another-session", None):
         headers, answer = chat(balancer.port, messages, request_session)
         assert replica_of(headers) == survivor.port
