@@ -284,7 +284,8 @@ def test_probe_unknown_model(home: Path, models_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("arch", "reason"),
-    [("notanarch", "unknown model architecture"), ("llama", "key not found")],
+    [("notanarch", "architecture 'notanarch' is not one this llama.cpp"),
+     ("llama", "key not found")],
     ids=["unknown-architecture", "no-hyperparameters-or-weights"],
 )
 def test_probe_model_llama_cpp_cannot_load(home: Path, arch: str, reason: str) -> None:
