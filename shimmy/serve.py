@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shimmy.api.routes import build_ollama_router, build_router
 from shimmy.api.state import AppState
-from shimmy.commands.advice import serve_screen, unsupported_models
+from shimmy.commands.advice import serve_screen
 from shimmy.commands.term import error
 from shimmy.config import API_KEY_ENV, Config
 from shimmy.engine.pool import ModelPool
@@ -38,8 +38,8 @@ def build_state(config: Config) -> AppState:
 async def serve(config: Config) -> int:
     start_workers(asyncio.get_running_loop())
     state = build_state(config)
-    report = state.registry.report
-    if screen := await asyncio.to_thread(serve_screen, config.model_path, report):
+    if screen := await asyncio.to_thread(serve_screen, config.model_path,
+                                         state.registry.report):
         error(*screen)
         return 1
     server = build_server(config, state)
@@ -58,8 +58,6 @@ async def serve(config: Config) -> int:
     ollama = await start_ollama_listener(config, state)
     if warning := exposure_warning(config):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    for name, why in unsupported_models(report).items():  # known by now: cached
-        print(f"warning: model '{name}' will not load: {why}", file=sys.stderr, flush=True)
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()
     log.info("shutting down: finishing requests for up to %.0f s", config.shutdown_grace)

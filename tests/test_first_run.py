@@ -90,10 +90,6 @@ def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimmyPro
     home = tmp_path_factory.mktemp("home")
     server = ShimmyProcess(["--model-dirs", str(folder), "--parallel", "1", "--ctx", "256"],
                            isolated_env(home), home)
-    # the line after the banner (read here: stop() does not see what readline buffered)
-    warning = server.proc.stdout.readline()
-    assert warning.startswith("warning: model 'zfuture' will not load: its architecture "
-                              "'notanarch'"), warning
     yield server
     assert "Traceback" not in server.stop()
 

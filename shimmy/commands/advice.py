@@ -61,32 +61,27 @@ def model_path_screen(model_path: Path | None,
 
 def serve_screen(model_path: Path | None, report: DiscoveryReport) -> tuple[str, str] | None:
     """Why ``shimmy serve`` would have nothing to serve, and what to do: an unusable
-    --model-path, no model at all, or only models this llama.cpp cannot load."""
+    --model-path (the file, or an architecture this llama.cpp does not know), or no
+    model at all. Models found in folders are not asked about: that would load llama.cpp
+    before the server listens, and a request for one names the problem anyway."""
     if (screen := model_path_screen(model_path, report)) is not None:
         return screen
     if not report.models:
         return "no model to serve", no_models_text(report)
-    refused = unsupported_models(report)
-    explicit = model_path.resolve() if model_path is not None else None
+    if model_path is None:
+        return None
+    wanted = model_path.resolve()
     for entry in report.models:
-        if entry.name in refused and entry.path.resolve() == explicit:
-            return f"--model-path {model_path}: {refused[entry.name]}", unsupported_hint()
-    if len(refused) == len(report.models):
-        listed = "; ".join(f"{name}: {why}" for name, why in refused.items())
-        return f"no model here can be loaded ({listed})", unsupported_hint()
+        if entry.path.resolve() == wanted and (why := _unsupported(entry.info.architecture)):
+            return f"--model-path {model_path}: {why}", unsupported_hint()
     return None
 
 
-def unsupported_models(report: DiscoveryReport) -> dict[str, str]:
-    """The models whose architecture this llama.cpp does not know, and why, by name."""
-    refused = {}
+def _unsupported(architecture: str) -> str | None:
     try:
-        for entry in report.models:
-            if (problem := unsupported_architecture(entry.info.architecture)) is not None:
-                refused[entry.name] = problem
+        return unsupported_architecture(architecture)
     except (ImportError, OSError, RuntimeError):
-        return {}  # llama.cpp itself does not load: the first model load will say why
-    return refused
+        return None  # llama.cpp itself does not load: the model's load will say why
 
 
 def unsupported_hint() -> str:
