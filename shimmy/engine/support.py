@@ -45,11 +45,16 @@ def unsupported_architecture(architecture: str) -> str | None:
 
 @functools.cache
 def architecture_known(architecture: str) -> bool:
+    """Whether llama.cpp knows ``architecture``; True where it cannot be asked (no
+    writable temporary folder): then the load itself tells."""
     engine = library.load()
-    descriptor, path = tempfile.mkstemp(prefix="shimmy-arch-", suffix=".gguf")
     try:
-        os.write(descriptor, _architecture_only_gguf(architecture))
-        os.close(descriptor)
+        descriptor, path = tempfile.mkstemp(prefix="shimmy-arch-", suffix=".gguf")
+    except OSError:
+        return True
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(_architecture_only_gguf(architecture))
         problem = engine.vocabulary_problem(path) or ""
     finally:
         os.unlink(path)
