@@ -112,7 +112,7 @@ cdef cbool _on_progress(float progress, void * user_data) noexcept nogil:
     return True  # go on loading
 
 
-cdef class LoadProgress:
+cdef class LoadTracker:
     """The share of a model's weights llama.cpp has read, as its progress callback
     reports it (per tensor, then 1.0). ``fraction`` may be read from any thread during
     the load; ``fractions`` once the load has returned."""
@@ -163,7 +163,7 @@ cdef class Model:
     cdef readonly str path
 
     def __cinit__(self, str path, int gpu_layers=0, bint use_mmap=True, list loras=None,
-                  extra_buffers=None, LoadProgress progress=None):
+                  extra_buffers=None, LoadTracker progress=None):
         cdef llama_model_params params = llama_model_default_params()
         cdef bytes bpath = path.encode()
         cdef const char * cpath = bpath

@@ -94,10 +94,10 @@ class LoadProgress:
     is loaded, so the pool can show it from the moment a load is asked for."""
 
     def __init__(self) -> None:
-        self._tracker: Any = None  # the engine's LoadProgress, once the load began
+        self._tracker: Any = None  # the engine's LoadTracker, once the load began
 
     def start(self, engine_module: ModuleType) -> Any:
-        self._tracker = engine_module.LoadProgress()
+        self._tracker = engine_module.LoadTracker()
         return self._tracker
 
     @property
