@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shimmy.engine.support import unsupported_architecture
+from shimmy.engine.support import tells_of_unsupported_architecture, unsupported_architecture
 from shimmy.models.discovery import DiscoveryReport
 
 POINT_AT_A_MODEL = (
@@ -104,7 +104,7 @@ def unknown_model_hint(report: DiscoveryReport) -> str:
 def load_failure_hint(name: str, suggest_probe: bool = True, why: str = "") -> str:
     """After a model failed to load (``why``: the reason given): what usually causes it
     and what to run next."""
-    if "architecture" in why and "supports" in why:
+    if tells_of_unsupported_architecture(why):
         return unsupported_hint()
     causes = ("A file cut short by a download, or an architecture newer than this llama.cpp "
               "(see its version in 'shimmy diag'), are the usual causes")

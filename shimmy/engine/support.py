@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import struct
 import tempfile
 
@@ -39,8 +40,12 @@ def unsupported_architecture(architecture: str) -> str | None:
     """Why a model of ``architecture`` cannot load here, or None if llama.cpp knows it."""
     if architecture_known(architecture):
         return None
-    return (f"its architecture '{architecture}' is not one this {llama_cpp_words()} "
-            "supports")
+    return f"its architecture '{architecture}' is not one this {llama_cpp_words()} supports"
+
+
+def tells_of_unsupported_architecture(text: str) -> bool:
+    """Whether an error's text (a load failure passed on) is ``unsupported_architecture``'s."""
+    return re.search(r"architecture '[^']*' is not one this llama\.cpp ", text) is not None
 
 
 @functools.cache
