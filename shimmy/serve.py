@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shimmy.api.routes import build_ollama_router, build_router
 from shimmy.api.state import AppState
+from shimmy.commands.advice import serve_screen
+from shimmy.commands.term import error
 from shimmy.config import API_KEY_ENV, Config
 from shimmy.engine.pool import ModelPool
 from shimmy.http.router import Router
@@ -36,8 +38,9 @@ def build_state(config: Config) -> AppState:
 async def serve(config: Config) -> int:
     start_workers(asyncio.get_running_loop())
     state = build_state(config)
-    if problem := explicit_model_problem(config, state.registry):
-        print(f"error: {problem}", file=sys.stderr)
+    if screen := await asyncio.to_thread(serve_screen, config.model_path,
+                                         state.registry.report):
+        error(*screen)
         return 1
     server = build_server(config, state)
     try:
@@ -151,18 +154,6 @@ def _stop_on_signals() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, on_signal, signum)
     return stop
-
-
-def explicit_model_problem(config: Config, registry: ModelRegistry) -> str | None:
-    """Why the file given with --model-path cannot be served, if it cannot."""
-    if config.model_path is None:
-        return None
-    wanted = config.model_path.resolve()
-    if any(entry.path.resolve() == wanted for entry in registry.entries()):
-        return None
-    reasons = [skip.reason for skip in registry.report.skipped
-               if skip.path.resolve() == wanted]
-    return f"--model-path {config.model_path}: {reasons[0] if reasons else 'not usable'}"
 
 
 def _why(exc: OSError, port: int) -> str:

@@ -334,9 +334,12 @@ def test_health_answers_503_loading_for_the_model_being_loaded(
     loader = threading.Thread(target=lambda: result.update(text=text(port, "slow")))
     loader.start()
     seen: set[tuple] = set()
+    fractions: list[float] = []
     while loader.is_alive():
         status, body = health(port, "slow")
         seen.add(("slow", status, body["status"], body["state"]))
+        if body["state"] == "loading":
+            fractions.append(body["progress"])
         status, body = health(port, "one")  # another model is not affected
         seen.add(("one", status, body["status"], body["state"]))
         status, body = health(port)
@@ -345,6 +348,9 @@ def test_health_answers_503_loading_for_the_model_being_loaded(
     loader.join()
     assert result["text"] == "slow"
     assert ("slow", 503, "loading", "loading") in seen
+    # the share of the weights read: between 0 and 1, never going back
+    assert fractions and all(0.0 <= f <= 1.0 for f in fractions), fractions
+    assert fractions == sorted(fractions)
     assert ("server", 200, "healthy", ("slow",)) in seen
     assert ("models", "loading") in seen
     assert ("one", 200, "healthy", "available") in seen

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,6 +370,41 @@ def test_a_server_with_an_api_key_gets_it_from_the_settings(browser, tmp_path: P
         expect(page.locator("#model option")).to_have_count(1)
         send(page, "Hello")
         expect(wait_for_answer(page).locator(".body")).to_have_text(ALPHA_TEXT)
+    finally:
+        context.close()
+        server.stop()
+
+
+def test_the_page_shows_how_far_a_model_has_loaded(browser, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    slow_context = 1 << 20  # 1.3 GB of KV cache: a load of a second or more
+    write_spelling_model(models / "slow.gguf", ALPHA_TEXT, chat_template=ENDS_WITH_BOS,
+                         context_length=slow_context)
+    home = tmp_path / "home"
+    home.mkdir()
+    server = ShimmyProcess(["--model-dirs", str(models), "--parallel", "1",
+                            "--ctx", str(slow_context)], isolated_env(home), home)
+    context = browser.new_context()
+    context.set_default_timeout(30_000)
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{server.port}/")
+        expect(page.locator("#model option")).to_have_count(1)
+        # every text the answer's footer shows, however briefly
+        page.evaluate("""() => {
+            window.footers = [];
+            new MutationObserver(() => document.querySelectorAll(".stats")
+                .forEach((footer) => window.footers.push(footer.textContent)))
+                .observe(document.body, {subtree: true, childList: true, characterData: true});
+        }""")
+        send(page, "Hello")
+        expect(answer(page).locator(".stats")).to_contain_text("token", timeout=120_000)
+        expect(answer(page).locator(".body")).to_have_text(ALPHA_TEXT)
+        footers = page.evaluate("window.footers")
+        shares = [int(m.group(1)) for text in footers
+                  if (m := re.fullmatch(r"loading slow… (\d+)%", text))]
+        assert shares and all(0 <= share <= 100 for share in shares), footers
+        assert shares == sorted(shares)
     finally:
         context.close()
         server.stop()

@@ -72,7 +72,7 @@ class NativeApi:
 
     async def health(self, request: Request) -> Response:
         """The server's health; with ``?model=NAME``, that model's too: 503 ``loading``
-        while it loads."""
+        while it loads, with the share of its weights read so far (``progress``)."""
         pool = self.state.pool
         # a model whose scheduler thread died serves nothing until it is reloaded
         failed = [name for name, model in pool.loaded.items()
@@ -89,10 +89,10 @@ class NativeApi:
         if not names:
             return Response.json(body, 503 if failed else 200)
         name = self.state.registry.resolve(names[-1]).name
-        state = pool.state(name).state
-        body.update(model=name, state=state)
-        if state == "loading":
-            body["status"] = "loading"
+        state = pool.state(name)
+        body.update(model=name, state=state.state)
+        if state.state == "loading":
+            body.update(status="loading", progress=round(state.progress or 0.0, 3))
         elif name not in failed:
             body["status"] = "healthy"
         return Response.json(body, 200 if body["status"] == "healthy" else 503)
@@ -169,6 +169,8 @@ async def _sse_stream(generation: Generation) -> AsyncIterator[bytes]:
 
 def _state(state: ModelState) -> dict[str, Any]:
     """``state``, and for a loaded model ``expires_at`` (None: it stays until shutdown)."""
+    if state.state == "loading":
+        return {"state": state.state, "progress": round(state.progress or 0.0, 3)}
     if state.state != "loaded":
         return {"state": state.state}
     return {"state": state.state, "expires_at": _iso(state.expires_at)}

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from shimmy.api import params
-from shimmy.commands.advice import load_failure_hint, unknown_model_hint
+from shimmy.commands.advice import load_failure_hint, model_path_screen, unknown_model_hint
 from shimmy.commands.term import LoadingLine, error
 from shimmy.config import Config
 from shimmy.engine.loaded import LoadedModel
@@ -19,6 +19,9 @@ from shimmy.models.registry import ModelRegistry
 
 async def generate(config: Config, args: argparse.Namespace) -> int:
     report = config.discover()
+    if screen := model_path_screen(config.model_path, report):
+        error(*screen)
+        return 1
     pool = ModelPool(ModelRegistry(report), config.engine_settings())
     try:
         request = {"prompt": args.prompt, "max_tokens": args.max_tokens,
@@ -49,7 +52,8 @@ async def _load(pool: ModelPool, name: str, verbose: bool) -> LoadedModel:
     entry = pool.registry.resolve(name)
     if entry.name in pool.loaded:
         return pool.loaded[entry.name]
-    with LoadingLine(entry.name, enabled=not verbose):
+    with LoadingLine(entry.name, enabled=not verbose,
+                     fraction=lambda: pool.load_fraction(entry.name)):
         return await pool.get(name)
 
 
@@ -71,7 +75,8 @@ def _hint(exc: ApiError, name: str, report: DiscoveryReport) -> str | None:
         return unknown_model_hint(report)
     if exc.status >= 500:
         default = report.default
-        return load_failure_hint(default.name if name == "default" and default else name)
+        return load_failure_hint(default.name if name == "default" and default else name,
+                                 why=exc.details)
     if "context" in exc.details:
         return ("Lower --max-tokens, or raise --ctx up to the model's trained context "
                 "('shimmy list' shows it).")

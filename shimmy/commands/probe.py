@@ -7,11 +7,11 @@ import sys
 import time
 from typing import Any
 
-from shimmy.commands.advice import load_failure_hint, unknown_model_hint
+from shimmy.commands.advice import load_failure_hint, model_path_screen, unknown_model_hint
 from shimmy.commands.term import LoadingLine, paint, print_json
 from shimmy.config import Config
 from shimmy.engine import library
-from shimmy.engine.loaded import LoadedModel
+from shimmy.engine.loaded import LoadedModel, LoadProgress
 from shimmy.engine.scheduler import GenerationError, Sampling
 from shimmy.errors import ApiError
 from shimmy.models.discovery import ModelEntry
@@ -46,6 +46,8 @@ def probe(config: Config, name: str, as_json: bool = False) -> int:
 
 def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> None:
     report = config.discover()
+    if screen := model_path_screen(config.model_path, report):
+        raise ProbeFailure(*screen)
     try:
         entry = ModelRegistry(report).resolve(name)
     except ApiError as exc:
@@ -119,12 +121,14 @@ def _print_header(facts: dict[str, Any]) -> None:
 def _load(config: Config, entry: ModelEntry, facts: dict[str, Any]) -> LoadedModel:
     rss_before = process_rss_bytes()
     try:
-        with LoadingLine(entry.name, enabled=not config.verbose):
+        progress = LoadProgress()
+        with LoadingLine(entry.name, enabled=not config.verbose,
+                         fraction=lambda: progress.fraction):
             model = LoadedModel(entry.name, entry.path, config.engine_settings(),
-                                list(entry.loras), entry.info)
+                                list(entry.loras), entry.info, progress)
     except Exception as exc:
         raise ProbeFailure(f"the model does not load: {exc}",
-                           load_failure_hint(entry.name, suggest_probe=False)) from None
+                           load_failure_hint(entry.name, False, str(exc))) from None
     facts.update(load_ms=model.load_seconds * 1000, context=model.n_ctx,
                  slots=config.parallel, threads=config.n_threads,
                  memory_bytes=process_rss_bytes() - rss_before)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -33,7 +35,7 @@ def error(message: str, hint: str | None = None) -> None:
     """``error: message`` on stderr, then what to do about it."""
     print(f"{paint('error:', 'red', sys.stderr)} {message}", file=sys.stderr)
     if hint:
-        print(f"  {hint}", file=sys.stderr)
+        print(textwrap.indent(hint, "  "), file=sys.stderr)
 
 
 def print_json(data: Any) -> None:
@@ -41,14 +43,14 @@ def print_json(data: Any) -> None:
 
 
 class LoadingLine:
-    """``loading NAME... 2.4 s`` on stderr, redrawn while a model loads; terminal only.
+    """``loading NAME... 42% 2.4 s`` on stderr, redrawn while a model loads; terminal
+    only. ``fraction`` tells how far the load is (None: not begun), as llama.cpp's
+    progress callback reports the weights read; without it the line shows time only."""
 
-    llama.cpp reports load progress through ``llama_model_params.progress_callback``,
-    which the engine does not pass through yet, so this shows time, not a percentage.
-    """
-
-    def __init__(self, what: str, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(self, what: str, stream: TextIO | None = None, enabled: bool = True,
+                 fraction: Callable[[], float | None] | None = None) -> None:
         self.what = what
+        self.fraction = fraction
         self.stream = stream or sys.stderr
         isatty = getattr(self.stream, "isatty", None)
         self.enabled = enabled and bool(isatty and isatty())
@@ -83,8 +85,10 @@ class LoadingLine:
     def _draw(self, tick: int) -> None:
         frames = self._frames
         elapsed = time.monotonic() - self._started
+        fraction = self.fraction() if self.fraction is not None else None
+        share = f"{fraction:4.0%} " if fraction is not None else ""
         self.stream.write(f"\r{frames[tick % len(frames)]} loading {self.what}... "
-                          f"{elapsed:.1f} s")
+                          f"{share}{elapsed:.1f} s\033[K")
         self.stream.flush()
 
 

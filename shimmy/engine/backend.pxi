@@ -97,7 +97,61 @@ def supports_mmap() -> bool:
     return llama_supports_mmap()
 
 
+# ---------------------------------------------------------------- load progress
+
+
+cdef struct _progress_track:
+    double latest  # the last fraction; read by other threads while a load runs
+    vector[float] * seen  # every fraction, in order; read once the load returned
+
+
+cdef cbool _on_progress(float progress, void * user_data) noexcept nogil:
+    cdef _progress_track * track = <_progress_track *> user_data
+    track.seen.push_back(progress)
+    track.latest = progress  # an aligned double: a reader sees the old or the new value
+    return True  # go on loading
+
+
+cdef class LoadTracker:
+    """The share of a model's weights llama.cpp has read, as its progress callback
+    reports it (per tensor, then 1.0). ``fraction`` may be read from any thread during
+    the load; ``fractions`` once the load has returned."""
+
+    cdef _progress_track track
+    cdef vector[float] seen
+
+    def __cinit__(self):
+        self.track.latest = 0.0
+        self.track.seen = &self.seen
+
+    @property
+    def fraction(self) -> float:
+        return self.track.latest
+
+    @property
+    def fractions(self) -> list:
+        return [value for value in self.seen]
+
+
 # ---------------------------------------------------------------- model
+
+
+def vocabulary_problem(str path) -> str | None:
+    """Why llama.cpp refuses the GGUF at ``path`` (an architecture it does not know,
+    hyperparameters it misses), read from its metadata and vocabulary alone; None if
+    those load. Fast: no weights are read."""
+    cdef llama_model_params params = llama_model_default_params()
+    cdef bytes bpath = path.encode()
+    cdef const char * cpath = bpath
+    cdef llama_model * model
+    params.vocab_only = True
+    take_log_tail()
+    with nogil:
+        model = llama_model_load_from_file(cpath, params)
+    if model is NULL:
+        return take_log_tail() or "llama.cpp could not read it"
+    llama_model_free(model)
+    return None
 
 
 cdef class Model:
@@ -109,7 +163,7 @@ cdef class Model:
     cdef readonly str path
 
     def __cinit__(self, str path, int gpu_layers=0, bint use_mmap=True, list loras=None,
-                  extra_buffers=None):
+                  extra_buffers=None, LoadTracker progress=None):
         cdef llama_model_params params = llama_model_default_params()
         cdef bytes bpath = path.encode()
         cdef const char * cpath = bpath
@@ -117,6 +171,10 @@ cdef class Model:
         params.n_gpu_layers = gpu_layers
         params.load_mode = LLAMA_LOAD_MODE_MMAP if use_mmap else LLAMA_LOAD_MODE_NONE
         params.use_extra_bufts = (not amx_in_build()) if extra_buffers is None else extra_buffers
+        if progress is not None:
+            # also keeps llama.cpp's own callback, which prints dots, out of the way
+            params.progress_callback = _on_progress
+            params.progress_callback_user_data = &progress.track
         self.path = path
         take_log_tail()
         with nogil:

@@ -50,11 +50,15 @@ cdef extern from "llama.h" nogil:
         GGML_LOG_LEVEL_CONT
 
     ctypedef void (*ggml_log_callback)(ggml_log_level level, const char * text, void * user_data)
+    ctypedef cbool (*llama_progress_callback)(float progress, void * user_data)
 
     cdef struct llama_model_params:
         int32_t n_gpu_layers
         llama_load_mode load_mode
         cbool use_extra_bufts
+        cbool vocab_only
+        llama_progress_callback progress_callback
+        void * progress_callback_user_data
 
     cdef struct llama_context_params:
         uint32_t n_ctx

@@ -10,11 +10,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from shimmy.engine import library
 from shimmy.engine.profile import EngineProfile
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
+from shimmy.engine.support import check_architecture
 from shimmy.errors import invalid_request
 from shimmy.models.chat_template import ChatTemplate, template_for
 from shimmy.models.gguf import GGUFInfo
@@ -83,13 +86,37 @@ def _inject_faults(engine: object) -> None:
     log.warning("%s=%s: decode passes will fail on purpose", FAIL_DECODE_ENV, spec)
 
 
+class LoadProgress:
+    """How far a model's load has come, readable from any thread while it runs.
+
+    ``fraction`` is the share of the weights llama.cpp has read (its progress callback);
+    it stays at 1.0 while the context is set up and warmed up. Made before the engine
+    is loaded, so the pool can show it from the moment a load is asked for."""
+
+    def __init__(self) -> None:
+        self._tracker: Any = None  # the engine's LoadTracker, once the load began
+
+    def start(self, engine_module: ModuleType) -> Any:
+        self._tracker = engine_module.LoadTracker()
+        return self._tracker
+
+    @property
+    def fraction(self) -> float:
+        tracker = self._tracker
+        return tracker.fraction if tracker is not None else 0.0
+
+
 class LoadedModel:
     """Loads a GGUF through the C API; serves generations from its slots, or embeddings."""
 
     def __init__(self, name: str, path: Path, settings: EngineSettings,
-                 loras: list[Path] | None = None, info: GGUFInfo | None = None) -> None:
+                 loras: list[Path] | None = None, info: GGUFInfo | None = None,
+                 progress: LoadProgress | None = None) -> None:
         engine_module = library.load()
         started = time.perf_counter()
+        if info is not None:
+            check_architecture(info.architecture)
+        tracker = (progress or LoadProgress()).start(engine_module)
         self.name = name
         self.path = path
         self.max_tokens = settings.max_tokens
@@ -97,7 +124,9 @@ class LoadedModel:
         self.info = info
         self.embeddings_only = is_embedding_model(info)
         self.model = engine_module.Model(str(path), settings.gpu_layers, settings.use_mmap,
-                                         [str(p) for p in loras or ()])
+                                         [str(p) for p in loras or ()], None, tracker)
+        # what llama.cpp's progress callback delivered, in order, ending at 1.0
+        self.load_fractions: list[float] = tracker.fractions
         n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
             else settings.ctx
         self.engine = self.scheduler = self.embedder = None

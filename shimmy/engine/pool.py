@@ -21,7 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from shimmy.engine.loaded import KV_CACHE_TYPES, EngineSettings, LoadedModel, is_embedding_model
+from shimmy.engine.loaded import (
+    KV_CACHE_TYPES,
+    EngineSettings,
+    LoadedModel,
+    LoadProgress,
+    is_embedding_model,
+)
 from shimmy.errors import ApiError
 from shimmy.http.router import RouteError
 from shimmy.models.discovery import ModelEntry
@@ -153,6 +159,7 @@ class ModelState:
 
     state: str  # "loaded", "loading" or "available"
     expires_at: datetime | None = None  # None: never, or not loaded
+    progress: float | None = None  # while loading: the share of the weights read
 
 
 class ModelPool:
@@ -163,6 +170,7 @@ class ModelPool:
         self.limits = limits or PoolLimits()
         self._loaded: dict[str, Resident] = {}
         self._loads: dict[str, asyncio.Task[Resident]] = {}
+        self._progress: dict[str, LoadProgress] = {}  # of the loads in progress
         self._waiting: Counter[str] = Counter()  # requests waiting for a load to finish
         self._reserved: dict[str, int] = {}  # bytes of loads in progress
         self._unloads: dict[str, tuple[int, asyncio.Task[None]]] = {}  # bytes, closing task
@@ -182,12 +190,18 @@ class ModelPool:
 
     def state(self, name: str) -> ModelState:
         if name in self._loads:
-            return ModelState("loading")
+            return ModelState("loading", progress=self.load_fraction(name) or 0.0)
         resident = self._loaded.get(name)
         if resident is None:
             return ModelState("available")
         self._notice_idle(resident, time.monotonic())
         return ModelState("loaded", _wall_clock(resident))
+
+    def load_fraction(self, name: str) -> float | None:
+        """The share of ``name``'s weights read while it loads; None when no load runs.
+        Safe to call from any thread (a progress line's)."""
+        progress = self._progress.get(name)
+        return progress.fraction if progress is not None else None
 
     def memory_need(self, entry: ModelEntry) -> int:
         return memory_estimate(entry, self.settings)
@@ -220,7 +234,8 @@ class ModelPool:
     async def _wait_for_load(self, entry: ModelEntry, keep: float) -> Resident:
         task = self._loads.get(entry.name)
         if task is None:
-            task = asyncio.create_task(self._load(entry, keep))
+            progress = self._progress[entry.name] = LoadProgress()
+            task = asyncio.create_task(self._load(entry, keep, progress))
             self._loads[entry.name] = task
             task.add_done_callback(lambda done: self._load_finished(entry.name, done))
         self._waiting[entry.name] += 1
@@ -236,11 +251,12 @@ class ModelPool:
     def _load_finished(self, name: str, task: asyncio.Task[Resident]) -> None:
         if self._loads.get(name) is task:
             del self._loads[name]
+            self._progress.pop(name, None)
         if not task.cancelled():
             task.exception()  # retrieved: a failed load nobody awaits any more is no bug
         self._changed.set()
 
-    async def _load(self, entry: ModelEntry, keep: float) -> Resident:
+    async def _load(self, entry: ModelEntry, keep: float, progress: LoadProgress) -> Resident:
         if (unloading := self._unloads.get(entry.name)) is not None:
             await asyncio.shield(unloading[1])  # the old copy leaves memory first
         need = self.memory_need(entry)
@@ -249,7 +265,7 @@ class ModelPool:
             self._reserved[entry.name] = need
         try:
             model = await asyncio.to_thread(LoadedModel, entry.name, entry.path, self.settings,
-                                            list(entry.loras), entry.info)
+                                            list(entry.loras), entry.info, progress)
         except Exception as exc:
             log.error("loading %s failed: %s", entry.name, exc)
             raise _load_failed(entry.name, str(exc)) from None

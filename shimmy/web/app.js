@@ -197,6 +197,7 @@ async function chat(text) {
   const conversation = state.conversation;
   const stillCurrent = () => conversation === state.conversation;
   setBusy(controller);
+  const stopWatching = watchLoading(model, view);
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
@@ -204,6 +205,7 @@ async function chat(text) {
       body: JSON.stringify(requestBody(model)),
       signal: controller.signal,
     });
+    stopWatching(); // the answer has begun: the model is in
     if (!response.ok) throw new ServerError(await describeResponse(response));
     await readEvents(response, (chunk) => onChunk(chunk, run, view));
     if (stillCurrent()) finishTurn(run, view, "done");
@@ -215,8 +217,31 @@ async function chat(text) {
       failTurn(run, view, userView, text, describeFailure(error));
     }
   } finally {
+    stopWatching();
     if (state.controller === controller) setBusy(null);
   }
+}
+
+// While the request waits for its model to load, show how far the load is
+// (GET /api/health?model=NAME answers "loading" with the share of the weights read).
+function watchLoading(model, view) {
+  let watching = true;
+  const poll = async () => {
+    try {
+      const url = `/api/health?model=${encodeURIComponent(model)}`;
+      const body = await (await fetch(url, { headers: authHeaders() })).json();
+      if (watching && body.state === "loading") {
+        view.stats.textContent = `loading ${body.model}… ${Math.round(body.progress * 100)}%`;
+      }
+    } catch {
+      // the chat request itself reports what went wrong
+    }
+  };
+  const timer = setInterval(poll, 250);
+  return () => {
+    watching = false;
+    clearInterval(timer);
+  };
 }
 
 function authHeaders() {
