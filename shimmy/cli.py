@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  See 'shimmy {args.command} --help' for the options and their ranges.",
               file=sys.stderr)
         return 2
+    library.set_deterministic(config.deterministic)
     try:
         code = args.run(config, args)
         sys.stdout.flush()  # so that a reader gone early is noticed here, not at exit
@@ -207,17 +208,20 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default: one per physical core)")
     parser.add_argument("--gpu-layers", type=int, metavar="N",
                         help="layers to offload to a GPU (default 0)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="the batch-invariant engine: a seed's text does not depend on "
+                             "other requests (slower; also SHIMMY_DETERMINISTIC=1)")
     parser.add_argument("--kv-cache-type", metavar="TYPE",
-                        help="KV cache element type: bf16 (default), f16 or q8_0 (half the "
-                             "memory); bf16 and q8_0 use flash attention")
+                        help="KV cache element type: f16 (default; bf16 with "
+                             "--deterministic), bf16 or q8_0 (half the memory)")
     parser.add_argument("--batch-size", type=int, metavar="N",
-                        help="prompt tokens read per chunk (default 64; 512 reads long "
-                             "prompts about twice as fast, and reuses cached prompts in "
-                             "chunks of that size where rows do not round alike)")
+                        help="prompt tokens read per chunk (default 512; 64 with "
+                             "--deterministic, where it is also the unit of prefix reuse "
+                             "if rows do not round alike)")
     parser.add_argument("--draft", type=int, metavar="N",
                         help="tokens a lone request guesses ahead from its own text and "
-                             "checks in the same step (default 3, 0 turns it off; bf16 "
-                             "and q8_0 caches only)")
+                             "checks in the same step (default 3, 0 turns it off; with "
+                             "--deterministic, bf16 and q8_0 caches only)")
 
 
 def _run_serve(config: Config, args: argparse.Namespace) -> int:

@@ -23,6 +23,9 @@ POOL_ENV = {"keep_alive": "SHIMMY_KEEP_ALIVE", "max_models": "SHIMMY_MAX_MODELS"
             "memory_budget": "SHIMMY_MEMORY_BUDGET"}
 # --model-alias entries, ','-separated, when no flag is given
 MODEL_ALIAS_ENV = "SHIMMY_MODEL_ALIAS"
+DETERMINISTIC_ENV = "SHIMMY_DETERMINISTIC"
+# the profiles' own cache types and prompt chunks, where no flag names them
+PROFILE_DEFAULTS = {False: ("f16", 512), True: ("bf16", 64)}  # keyed by deterministic
 DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
 DEFAULT_PROMPT_CACHE = 256 * 1024**2  # bytes of slots' cells kept per model by `serve`
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b?|b)?", re.I)
@@ -42,9 +45,10 @@ class Config:
     ctx: int = 8192
     threads: int = 0  # 0: one per physical core
     gpu_layers: int = 0
-    kv_cache_type: str = "bf16"
+    kv_cache_type: str | None = None  # None: the profile's (f16; deterministic: bf16)
     draft: int = 3
-    batch_size: int = 64  # prompt tokens read per chunk
+    batch_size: int | None = None  # prompt tokens per chunk; None: 512, deterministic 64
+    deterministic: bool = False  # the batch-invariant engine profile
     max_tokens: int = 0  # the most tokens one answer may generate; 0: what the context leaves
     verbose: bool = False
     # serving: who may connect, how much may wait, how long things may take
@@ -81,6 +85,8 @@ class Config:
                      "batch_size"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
+        config.deterministic = bool(getattr(args, "deterministic", False)) or \
+            os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         if getattr(args, "command", None) == "serve" and args.max_tokens is not None:
             config.max_tokens = args.max_tokens
         config._serving_args(args)
@@ -147,10 +153,10 @@ class Config:
             raise ConfigError(f"--ctx {self.ctx}: a context needs at least 64 tokens")
         if self.threads < 0:
             raise ConfigError(f"--threads {self.threads}: must be 0 (automatic) or more")
-        if self.kv_cache_type not in KV_CACHE_TYPES:
+        if self.kv_cache_type is not None and self.kv_cache_type not in KV_CACHE_TYPES:
             raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
                               + ", ".join(KV_CACHE_TYPES))
-        if not 16 <= self.batch_size <= 4096:
+        if self.batch_size is not None and not 16 <= self.batch_size <= 4096:
             raise ConfigError(f"--batch-size {self.batch_size}: choose 16 to 4096 tokens")
         if self.max_tokens < 0:
             raise ConfigError(f"--n-predict {self.max_tokens}: must be 0 (no cap) or more")
@@ -181,11 +187,12 @@ class Config:
         return self.threads or physical_cores()
 
     def engine_settings(self) -> EngineSettings:
+        kv_type, batch = PROFILE_DEFAULTS[self.deterministic]
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
-                              gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type,
+                              gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type or kv_type,
                               draft=self.draft, prompt_cache=self.prompt_cache,
-                              batch=self.batch_size,
-                              max_tokens=self.max_tokens)
+                              batch=self.batch_size or batch, max_tokens=self.max_tokens,
+                              deterministic=self.deterministic)
 
     def pool_limits(self) -> PoolLimits:
         budget = self.memory_budget

@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 from clients import request
 
+from shimmy.engine import library
 from shimmy.models.embedded import embedded_model_path
 
 REPO = Path(__file__).resolve().parent.parent
+# engines made in this process (not servers) run as the invariant profile's do: with
+# llama.cpp's tiled K-quant kernel off, which ggml reads once per process
+library.set_deterministic(True)
 
 # Tests that use these fixtures load the real embedded model: marked ``model``.
 REAL_MODEL_FIXTURES = frozenset({"model_path", "server", "port"})
@@ -26,7 +30,8 @@ REAL_MODEL_FIXTURES = frozenset({"model_path", "server", "port"})
 SLOW_FILES = frozenset({
     "test_agent_clis.py", "test_agent_requests.py", "test_balancer.py", "test_binary.py",
     "test_engine_faults.py", "test_engine_invariance.py",
-    "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_prompt_cache.py",
+    "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_profiles.py",
+    "test_prompt_cache.py",
     "test_reliability.py", "test_reliability_load.py", "test_request_life.py",
     "test_speculation.py", "test_web_chat.py",
 })

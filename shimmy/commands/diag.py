@@ -16,7 +16,7 @@ from shimmy.commands.ports import port_holder
 from shimmy.commands.term import paint, print_json
 from shimmy.config import Config
 from shimmy.engine import library
-from shimmy.engine.profile import INVARIANT
+from shimmy.engine.profile import FAST, INVARIANT
 from shimmy.sysinfo import available_memory_bytes, format_bytes, physical_cores, total_memory_bytes
 
 
@@ -41,7 +41,7 @@ def collect(config: Config) -> dict[str, Any]:
                 "logical_cores": os.cpu_count(), "threads": config.n_threads},
         "memory": {"total_bytes": total_memory_bytes(),
                    "available_bytes": available_memory_bytes()},
-        "llama_cpp": _llama_facts(),
+        "llama_cpp": _llama_facts(config.deterministic),
         "gpu_layers": config.gpu_layers,
         "port": _port_facts(config.host, config.port),
     }
@@ -68,7 +68,7 @@ def _print_facts(facts: dict[str, Any]) -> None:
     print(f"port:         {port['host']}:{port['port']} {_port_words(port)}")
 
 
-def _llama_facts() -> dict[str, Any]:
+def _llama_facts(deterministic: bool) -> dict[str, Any]:
     try:
         llama = library.load()
     except Exception as exc:  # a broken install must still get a report
@@ -81,7 +81,9 @@ def _llama_facts() -> dict[str, Any]:
             "gpu_offload": bool(llama.supports_gpu_offload()),
             "output_head": {"obstacle": library.output_head_obstacle()},
             # decided per model when it loads (shimmy probe MODEL shows that one)
-            "engine_profile": {"name": INVARIANT, "tiled_kquant_kernel": "off",
+            "engine_profile": {"name": INVARIANT if deterministic else FAST,
+                               "tiled_kquant_kernel": "off" if os.environ.get(
+                                   "GGML_CPU_TILED_MM", "1").strip() in ("0", "") else "on",
                                "decided": "at each model's load, by BatchEngine.warm_up"}}
 
 

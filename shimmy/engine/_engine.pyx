@@ -49,16 +49,19 @@ cdef void _set_kv_type(llama_context_params * params, str kv_type) except *:
     over 512+ cells): with f16 it would round differently alone than beside others. For
     bf16 and q8_0 it always runs the same per-row loop, so those caches get flash
     attention (faster decoding, but long prompts read slower: the loop is no matrix
-    product); f16, the default, gets the plain attention.
+    product); f16 gets the plain attention. The fast profile keeps this choice: over
+    an f16 cache, llama.cpp's CPU flash attention sums the values in f16, which changed
+    the embedded model's greedy answers for the worse (a 2,048-token prompt read 8%
+    slower without it, a 6,000-token one 20%; docs/BENCHMARKS.md).
     """
+    if kv_type not in ("f16", "bf16", "q8_0"):
+        raise ValueError(f"KV cache type {kv_type!r}: choose bf16, f16 or q8_0")
     if kv_type == "f16":
         params.type_k = params.type_v = GGML_TYPE_F16
         params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
     elif kv_type in ("bf16", "q8_0"):
         params.type_k = params.type_v = GGML_TYPE_BF16 if kv_type == "bf16" else GGML_TYPE_Q8_0
         params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED
-    else:
-        raise ValueError(f"KV cache type {kv_type!r}: choose bf16, f16 or q8_0")
 
 
 cdef class BatchEngine:
@@ -93,6 +96,10 @@ cdef class BatchEngine:
     cdef readonly uint64_t n_filler_rows  # throw-away rows of idle slots (_add_filler)
     cdef readonly int pass_rows     # generating slots per llama_decode at most
     cdef readonly bint exact_rows   # a row rounds alike whatever else its step holds
+    cdef readonly bint invariant    # the profile asks for batch-invariant text
+    # a step is one llama_decode of every busy slot's rows (and a lone one guesses
+    # ahead): with exact rows, or where invariance is not asked for
+    cdef readonly bint packed
     cdef bint per_row_attention     # the cache type runs attention row by row
     cdef readonly int rows_checked  # rows warm_up compared, one step against one by one
     cdef readonly str kv_type
@@ -105,7 +112,7 @@ cdef class BatchEngine:
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
                   str kv_type="f16", int n_draft=0, bint exact_weights=False,
-                  bint own_head=True):
+                  bint own_head=True, bint invariant=True):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         self.head = shimmy_head_new(n_threads)
@@ -132,11 +139,13 @@ cdef class BatchEngine:
         # those by one kernel for a single row and another for several); over an f16
         # cache the attention does the same. warm_up() checks the rest.
         self.n_draft = max(0, min(n_draft, MAX_SEQ_ROWS - 1)) \
-            if exact_weights and kv_type != "f16" else 0
+            if not invariant or (exact_weights and kv_type != "f16") else 0
         self.n_drafted = self.n_accepted = self.n_passes = self.n_filler_rows = 0
         self.fail_at = self.fail_every = self.fail_left = 0
         self.pass_rows = n_slots
         self.exact_rows = False
+        self.invariant = invariant
+        self.packed = False
         self.per_row_attention = kv_type != "f16"
         self.rows_checked = 0
         self.kv_type = kv_type
@@ -172,7 +181,8 @@ cdef class BatchEngine:
         the check that a row's logits do not depend on the rows beside it in a step
         (``exact_rows``). Where they do not, busy slots share one pass, a lone request
         guesses ahead, and a prompt reuses any cached prefix; where they do, slots go
-        ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed.
+        ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed. Without ``invariant``
+        nothing is checked: the engine runs ``packed``, as llama-server does.
 
         The same decodes check the output head (``output_head.h``) against ggml's
         product, row by row and bit by bit; it computes the logits from then on only
@@ -184,7 +194,8 @@ cdef class BatchEngine:
             self.rows_checked = CHECK_ROWS
         else:  # f16's plain attention fails the check; a context too small cannot run it
             self._decode_probe(1)
-        if not self.exact_rows:
+        self.packed = self.exact_rows or not self.invariant
+        if not self.packed:
             self.pass_rows = min(self.n_slots, FALLBACK_PASS_ROWS)
             self.n_draft = 0
         # the cells' data stay: cells no sequence holds are masked out of attention, and
@@ -201,6 +212,7 @@ cdef class BatchEngine:
     def profile_facts(self) -> dict:
         """What warm_up decided and what it checked (``profile.EngineProfile`` reads it)."""
         return {"exact_rows": bool(self.exact_rows), "rows_per_pass": self.pass_rows,
+                "invariant": bool(self.invariant), "packed": bool(self.packed),
                 "draft": self.n_draft, "reuse_unit": 1 if self.exact_rows else self.n_batch,
                 "own_head": self.own_head, "head_checks": self.head_checks,
                 "rows_checked": self.rows_checked, "kv_type": self.kv_type,
@@ -463,7 +475,7 @@ cdef class BatchEngine:
         return events
 
     cdef void _step(self, list events) except *:
-        if self.exact_rows:
+        if self.packed:
             if _fill_step(self):
                 try:
                     self._decode()

@@ -40,6 +40,7 @@ UNPACKED_PRELOADS = ("libgomp.so.1", "libllama.so.0")  # what the engine links, 
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _verbose = False
+_tiled_kernel = True
 
 
 class BackendError(RuntimeError):
@@ -51,6 +52,13 @@ def set_verbose(verbose: bool) -> None:
     _verbose = verbose
 
 
+def set_deterministic(deterministic: bool) -> None:
+    """Before ``load``: the invariant profile needs llama.cpp's tiled K-quant kernel off
+    for the whole process (ggml reads its switch once)."""
+    global _tiled_kernel
+    _tiled_kernel = not deterministic
+
+
 def load() -> ModuleType:
     global _module
     with _lock:
@@ -59,8 +67,9 @@ def load() -> ModuleType:
             # llama.cpp's tiled K-quant matrix kernel, which it takes from 8 rows on,
             # rounds a row otherwise than the kernel for fewer rows; without it a row's
             # logits do not depend on how many rows share its pass (BatchEngine.warm_up
-            # checks), so a seed's text does not depend on other requests
-            os.environ["GGML_CPU_TILED_MM"] = "0"
+            # checks), so a seed's text does not depend on other requests. The variable,
+            # where set, wins.
+            os.environ.setdefault("GGML_CPU_TILED_MM", "1" if _tiled_kernel else "0")
             from shimmy.engine import _engine
 
             directory = backend_dir()

@@ -45,10 +45,12 @@ class EngineSettings:
     parallel: int = 4
     threads: int = 2
     gpu_layers: int = 0
-    batch: int = 64  # prompt chunk; without exact_rows, also the unit of prefix reuse
+    batch: int = 512  # prompt chunk; unpacked, also the unit of prefix reuse
     use_mmap: bool = True
-    kv_type: str = "bf16"  # see BatchEngine: bf16 and q8_0 decode with flash attention
-    draft: int = 3  # tokens guessed ahead per step (bf16 and q8_0 caches only)
+    kv_type: str = "f16"  # deterministic: bf16 and q8_0 decode with flash attention
+    draft: int = 3  # tokens guessed ahead per step (deterministic: bf16 and q8_0 only)
+    # the invariant profile: a seed's text does not depend on other requests (slower)
+    deterministic: bool = False
     prompt_cache: int = 0  # bytes of replaced slots' cells kept in memory (see PromptCache)
     max_tokens: int = 0  # the most tokens one answer may generate; 0: no cap
 
@@ -137,7 +139,8 @@ class LoadedModel:
             self.engine = engine_module.BatchEngine(
                 self.model, n_ctx, settings.parallel, settings.threads,
                 min(settings.batch, n_ctx), settings.kv_type, settings.draft,
-                exact_weights(info, loras), library.output_head_wanted())
+                exact_weights(info, loras), library.output_head_wanted(),
+                settings.deterministic)
             self.engine.warm_up()
             self.profile = EngineProfile.measured(self.engine)
             _inject_faults(self.engine)

@@ -7,8 +7,11 @@ and ``BatchEngine``'s attention choice), and the check ``BatchEngine.warm_up`` r
 this machine. Their outcome is this profile; everything else reads it. ``shimmy probe``,
 ``shimmy diag --json`` and ``/metrics`` report it.
 
-Today there is one policy, ``invariant``. A faster one that gives up invariance is
-meant to sit beside it as another ``name`` with its own decisions, chosen by a flag.
+Two policies: ``fast``, the default, packs every busy slot's rows into one pass and
+reuses cached prefixes to the token, with llama.cpp's fastest kernels (as llama-server
+does; a request alone gives the same text each time, beside others it may differ in the
+last bits of its numbers); ``invariant`` (``--deterministic``) gives that up where the
+check fails, for a seed's text that does not depend on other requests.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 INVARIANT = "invariant"  # a seed's text does not depend on other requests
+FAST = "fast"  # llama.cpp's fastest kernels, steps packed; no invariance promised
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,10 @@ class EngineProfile:
     # every busy slot shares one pass, a lone request guesses ahead, any cached prefix
     # is reused to the token, cells are copied between slots and the prompt cache
     exact_rows: bool
+    # every busy slot's rows share one pass and a lone request guesses ahead: with
+    # exact rows, or in ``fast``. Reuse to the token and cell copies need exact rows
+    # in both: a prefix's cells are otherwise reused only as a cold start would read them
+    packed: bool
     rows_per_pass: int  # generating slots per llama_decode at most
     draft: int  # tokens a lone request guesses ahead per step; 0: none
     reuse_unit: int  # a reused prefix is cut to a multiple of this many tokens
@@ -38,11 +46,13 @@ class EngineProfile:
         facts = engine.profile_facts()
         single, multi, differing = facts["head_checks"]
         return cls(
-            name=INVARIANT, exact_rows=facts["exact_rows"],
+            name=INVARIANT if facts["invariant"] else FAST, exact_rows=facts["exact_rows"],
+            packed=facts["packed"],
             rows_per_pass=facts["rows_per_pass"], draft=facts["draft"],
             reuse_unit=facts["reuse_unit"],
             output_head="shimmy" if facts["own_head"] else "llama.cpp",
-            checked={"rows_in_one_step": facts["rows_checked"],
+            checked={"invariant": facts["invariant"],
+                     "rows_in_one_step": facts["rows_checked"],
                      "kv_type": facts["kv_type"],
                      "weights_without_row_shaped_matrices": facts["exact_weights"],
                      "output_head_rows": {"one_row": single, "several_rows": multi,
@@ -53,7 +63,12 @@ class EngineProfile:
 
     def words(self) -> str:
         """One line for people: what the profile does, and why."""
-        if self.exact_rows:
+        if not self.checked.get("invariant", True):
+            reuse = "to the token" if self.exact_rows else f"in units of {self.reuse_unit}"
+            how = (f"llama.cpp's fastest kernels, {self.rows_per_pass} slots per pass, reuse "
+                   f"{reuse}, up to {self.draft} tokens guessed ahead; other requests in a "
+                   "batch may change a seed's text")
+        elif self.exact_rows:
             how = (f"exact rows ({self.checked['rows_in_one_step']} rows checked): slots "
                    f"share a pass, reuse to the token, up to {self.draft} tokens guessed ahead")
         else:

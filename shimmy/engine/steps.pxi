@@ -116,7 +116,7 @@ cdef inline int32_t _batch_add(llama_batch * b, llama_token token, llama_pos pos
 cdef inline bint _decodes(BatchEngine self, Slot * s) noexcept:
     """Whether the slot has a row in the decode passes: it generates, or (with
     ``exact_rows``) the last token of its prompt is all it has left to read."""
-    return s.state == GENERATE or (self.exact_rows and s.state == PREFILL
+    return s.state == GENERATE or (self.packed and s.state == PREFILL
                                    and s.n_prefilled + 1 == s.prompt.size())
 
 
