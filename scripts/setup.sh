@@ -31,6 +31,14 @@ if ! ls .venv/lib/python3*/site-packages/bin/libggml-cpu-x64.so >/dev/null 2>&1;
     pip install --force-reinstall --no-deps "$wheel"
 fi
 pip install "$wheel"
+# llama.cpp's RPC backend, one loadable module built from the same sources, beside the CPU
+# variants (scripts/rpc_backend.sh, about a minute once; docs/RPC.md)
+if rpc=$(PYTHON="$python" ./scripts/rpc_backend.sh); then
+    cp "$rpc" .venv/lib/python3*/site-packages/bin/
+else
+    echo "note: llama.cpp's RPC backend did not build: --rpc and rpc-worker are unavailable," \
+         "and their tests are skipped" >&2
+fi
 # no build isolation: the engine compiles against the llama.cpp just installed here
 pip install --no-build-isolation -e ".[model,test]"
 # an editable install leaves shimmy's own modules uncompiled, so every start would compile
