@@ -33,8 +33,15 @@ def unknown_model_hint(report: DiscoveryReport) -> str:
            "see where shimmy looked."
 
 
-def load_failure_hint(name: str, suggest_probe: bool = True) -> str:
+RPC_HINT = ("Start 'shimmy rpc-worker --bind HOST:PORT' on that machine (the same shimmy "
+            "version), check --rpc's address and the firewall between, or leave --rpc out "
+            "to run on this machine alone; 'shimmy diag --rpc ...' checks every worker.")
+
+
+def load_failure_hint(name: str, suggest_probe: bool = True, why: str = "") -> str:
     """After a model failed to load: what usually causes it and what to run next."""
+    if "RPC worker" in why:
+        return RPC_HINT
     causes = ("A file cut short by a download, or an architecture newer than this llama.cpp "
               "(see its version in 'shimmy diag'), are the usual causes")
     if suggest_probe:

@@ -71,7 +71,8 @@ def _hint(exc: ApiError, name: str, report: DiscoveryReport) -> str | None:
         return unknown_model_hint(report)
     if exc.status >= 500:
         default = report.default
-        return load_failure_hint(default.name if name == "default" and default else name)
+        return load_failure_hint(default.name if name == "default" and default else name,
+                                 why=exc.details)
     if "context" in exc.details:
         return ("Lower --max-tokens, or raise --ctx up to the model's trained context "
                 "('shimmy list' shows it).")

@@ -126,7 +126,7 @@ def _load(config: Config, entry: ModelEntry, facts: dict[str, Any]) -> LoadedMod
                                 list(entry.loras), entry.info)
     except Exception as exc:
         raise ProbeFailure(f"the model does not load: {exc}",
-                           load_failure_hint(entry.name, suggest_probe=False)) from None
+                           load_failure_hint(entry.name, False, str(exc))) from None
     facts.update(placement=model.placement, rpc=list(config.rpc))
     facts.update(load_ms=model.load_seconds * 1000, context=model.n_ctx,
                  slots=config.parallel, threads=config.n_threads,

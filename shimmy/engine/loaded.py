@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -244,5 +245,11 @@ class LoadedModel:
             self.scheduler.stop()
         self.engine = self.embedder = self.model = None
         if self.rpc:
+            # the workers' connection lives as long as the weights and the context: free
+            # them now, so that the next load finds the workers free (a worker serves one
+            # connection at a time)
+            if self.scheduler is not None:
+                self.scheduler.engine = None
+            gc.collect()
             rpc.release(self.rpc)
             self.rpc = ()
