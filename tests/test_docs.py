@@ -89,7 +89,7 @@ def test_documented_placeholders_match_the_help() -> None:
 
 def test_every_command_is_documented() -> None:
     rows = table_rows(section(CONFIGURATION.read_text(), "Commands"))
-    documented = {re.match(r"`shimmy (\w+)", cells[0]).group(1) for cells in rows}
+    documented = {re.match(r"`shimmy ([\w-]+)", cells[0]).group(1) for cells in rows}
     assert documented == set(subcommands(build_parser()))
 
 
