@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/rpc.py [--workers 0,1,2,3] [--runs 3] [--threads 1]
 
-Each row runs ``shimmy bench --json`` (one slot, a 128-token prompt, 64 generated tokens)
-with every layer on the workers (``--gpu-layers`` all) and the workers started fresh, each
-``shimmy rpc-worker --threads N`` on its own port; 0 workers is the model on this CPU
-alone. Rounds alternate the rows, so that a busy machine slows every row alike, and the
-median of each row's medians is printed. Loopback measures the protocol's own cost (a
-step's activations and the replies travel between processes once per worker), not a
-network's.
+Each row runs ``shimmy bench --json --draft 0`` (one slot, a 128-token prompt, 64
+generated tokens; no guessing ahead, which the load-time check may allow for a split
+model and not for the local one, see docs/RPC.md) with every layer on the workers
+(``--gpu-layers`` all), the workers started fresh, each ``shimmy rpc-worker --threads N``
+on its own port; 0 workers is the model on this CPU alone. Rounds alternate the rows, so
+that a busy machine slows every row alike, and the median of each row's medians is
+printed. Loopback measures the protocol's own cost (a step's activations and the replies
+travel between processes once per worker), not a network's.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def bench(n_workers: int, args: argparse.Namespace) -> dict[str, float]:
     try:
         command = [sys.executable, "-m", "shimmy", "bench", "--json", "--runs", str(args.runs),
                    "--prompt-tokens", "128", "--gen-tokens", "64", "--threads",
-                   str(args.threads)]
+                   str(args.threads), "--draft", "0"]
         if workers:
             command += ["--rpc", ",".join(endpoint for _, endpoint in workers)]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
