@@ -140,12 +140,13 @@ def _free_port() -> int:
 class Worker:
     """``shimmy rpc-worker`` on a free loopback port, ready when the RPC hello works."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None,
+                 shimmy_command: list[str] | None = None) -> None:
         self.endpoint = f"127.0.0.1:{port or _free_port()}"
+        command = shimmy_command or [sys.executable, "-m", "shimmy"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shimmy", "rpc-worker", "--bind", self.endpoint,
-             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=env, cwd=REPO)
+            [*command, "rpc-worker", "--bind", self.endpoint, "--threads", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -283,3 +284,25 @@ def test_a_worker_on_a_taken_port_says_so(env: dict[str, str]) -> None:
         result = shimmy(env, "rpc-worker", "--bind", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert f"cannot serve at 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "dist" / "shimmy").is_file(),
+                    reason="dist/shimmy is not built (scripts/build_binary.sh)")
+def test_the_binary_serves_and_uses_a_worker(model_path: Path, tmp_path: Path) -> None:
+    binary = str(REPO / "dist" / "shimmy")
+    env = {"PATH": "/nonexistent", "HOME": str(tmp_path)}  # no Python, no venv
+    diag = subprocess.run([binary, "diag"], capture_output=True, text=True, env=env)
+    if "rpc backend:  installed" not in diag.stdout:
+        pytest.skip("this dist/shimmy was built without llama.cpp's RPC backend")
+    worker = Worker(env, shimmy_command=[binary])
+    try:
+        result = subprocess.run([binary, "generate", "--model-path", str(model_path),
+                                 "--prompt", "Hello", "--temperature", "0", "--max-tokens",
+                                 "8", *SMALL, "--rpc", worker.endpoint], capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0 and result.stdout.strip(), result.stderr
+    finally:
+        out = worker.stop()
+    assert worker.proc.returncode == 0 and "Accepted client connection" in out, out
+

@@ -137,7 +137,7 @@ cdef class Model:
             devices = _model_devices(rpc_devices or [])
             params.devices = devices.data()
         if tensor_split:
-            split.resize(max(llama_max_devices(), len(tensor_split)))
+            split.resize(max(llama_max_devices(), <size_t> len(tensor_split)))
             for i, share in enumerate(tensor_split):
                 split[i] = share
             params.tensor_split = split.data()
