@@ -35,12 +35,15 @@ if [ ! -f "$dir/libggml-rpc.so" ]; then
     work=$(mktemp -d "${TMPDIR:-/tmp}/shimmy-rpc.XXXXXX")
     trap 'rm -rf "$work"' EXIT
     tar -xzf "$sdist" -C "$work" "llama_cpp_python-$version/vendor/llama.cpp"
+    src=$work/llama_cpp_python-$version/vendor/llama.cpp
     generator=()
     command -v ninja >/dev/null && generator=(-G Ninja)
+    # source paths in ggml's messages as llama.cpp/..., not this temporary folder
+    prefix_map="-ffile-prefix-map=$src=llama.cpp"
     # shellcheck disable=SC2086  # the argument lists are meant to split
-    cmake -S "$work/llama_cpp_python-$version/vendor/llama.cpp" -B "$work/build" \
-        "${generator[@]}" $cmake_args $trim_args >"$work/configure.log" 2>&1 \
-        || { tail -n 30 "$work/configure.log" >&2; exit 1; }
+    cmake -S "$src" -B "$work/build" "${generator[@]}" $cmake_args $trim_args \
+        "-DCMAKE_C_FLAGS=$prefix_map" "-DCMAKE_CXX_FLAGS=$prefix_map" \
+        >"$work/configure.log" 2>&1 || { tail -n 30 "$work/configure.log" >&2; exit 1; }
     cmake --build "$work/build" --target ggml-rpc -j "${SHIMMY_BUILD_JOBS:-2}" >&2
     rm -rf "$dir.partial"
     mkdir -p "$dir.partial"

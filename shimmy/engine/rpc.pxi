@@ -132,6 +132,21 @@ cdef extern from *:
             fflush(stderr);
             _exit(SHIMMY_RPC_LOST_EXIT);
         }
+        if (shimmy_rpc_count && (strstr(message, "RPC server crashed") != NULL
+                                 || strstr(message, "Failed to connect to") != NULL
+                                 || strstr(message, "RPC handshake failed") != NULL)) {
+            /* a connection broke, yet every worker accepts connections: restarted since */
+            fprintf(stderr, "shimmy: exiting with status %d: lost the connection to %s",
+                    SHIMMY_RPC_LOST_EXIT,
+                    shimmy_rpc_count > 1 ? "one of the RPC workers" : "RPC worker");
+            for (int i = 0; i < shimmy_rpc_count; i++) {
+                fprintf(stderr, "%s %s", i ? "," : "", shimmy_rpc_names[i]);
+            }
+            fprintf(stderr, " (%s accepts connections again: restarted?)\\n",
+                    shimmy_rpc_count > 1 ? "each" : "it");
+            fflush(stderr);
+            _exit(SHIMMY_RPC_LOST_EXIT);
+        }
         fprintf(stderr, "shimmy: llama.cpp aborted (SIGABRT, exit status 134) while using "
                 "RPC workers; each still accepts connections:");
         for (int i = 0; i < shimmy_rpc_count; i++) {
