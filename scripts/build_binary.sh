@@ -25,7 +25,7 @@ if [ "$installed" != "$wheel" ]; then
     echo "$wheel" > "$venv/.llama-wheel"
 fi
 # llama.cpp's RPC backend beside the CPU variants (build.spec bundles every libggml-*.so there)
-if rpc=$(PYTHON="$python" ./scripts/rpc_backend.sh); then
+if rpc=$(PYTHON="$venv/bin/python" ./scripts/rpc_backend.sh); then
     cp "$rpc" "$venv"/lib/python3*/site-packages/bin/
 else
     echo "note: llama.cpp's RPC backend did not build; the binary will lack --rpc" >&2

@@ -33,7 +33,7 @@ fi
 pip install "$wheel"
 # llama.cpp's RPC backend, one loadable module built from the same sources, beside the CPU
 # variants (scripts/rpc_backend.sh, about a minute once; docs/RPC.md)
-if rpc=$(PYTHON="$python" ./scripts/rpc_backend.sh); then
+if rpc=$(PYTHON=.venv/bin/python ./scripts/rpc_backend.sh); then
     cp "$rpc" .venv/lib/python3*/site-packages/bin/
 else
     echo "note: llama.cpp's RPC backend did not build: --rpc and rpc-worker are unavailable," \
