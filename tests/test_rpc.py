@@ -24,7 +24,6 @@ from conftest import REPO, ShimmyProcess, isolated_env
 from shimmy.config import Config, ConfigError
 from shimmy.engine import library, rpc
 
-LOST_WORKER_EXIT = 75  # rpc.pxi's SHIMMY_RPC_LOST_EXIT, documented in docs/RPC.md
 SMALL = ["--threads", "1", "--parallel", "1", "--ctx", "512"]
 
 
@@ -272,7 +271,7 @@ def test_a_worker_killed_mid_stream_ends_the_server_naming_it(
         doomed.stop()
         if server.proc.poll() is None:
             server.stop()
-    assert server.proc.returncode == LOST_WORKER_EXIT, out
+    assert server.proc.returncode == library.load().rpc_lost_exit_status() == 75, out
     last = out.strip().splitlines()[-1]
     assert f"lost RPC worker {doomed.endpoint}" in last, out
 
