@@ -110,7 +110,7 @@ class Config:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if args.gpu_layers is None:
-            self.gpu_layers = -1  # every layer on the workers, as llama-server does
+            self.gpu_layers = -1  # llama.cpp: every layer (with the output layer) offloaded
 
     def _serving_args(self, args: argparse.Namespace) -> None:
         if not hasattr(args, "api_key"):
