@@ -24,6 +24,12 @@ if [ "$installed" != "$wheel" ]; then
     pip install --force-reinstall --no-deps "$wheel"
     echo "$wheel" > "$venv/.llama-wheel"
 fi
+# llama.cpp's RPC backend beside the CPU variants (build.spec bundles every libggml-*.so there)
+if rpc=$(PYTHON="$venv/bin/python" ./scripts/rpc_backend.sh); then
+    cp "$rpc" "$venv"/lib/python3*/site-packages/bin/
+else
+    echo "note: llama.cpp's RPC backend did not build; the binary will lack --rpc" >&2
+fi
 # shimmy's runtime dependencies (pyproject.toml's, less llama-cpp-python) and its dist extra
 pip install "h11>=0.16" "wsproto>=1.2" "jinja2>=3.1" "pyinstaller>=6.10,<7"
 

@@ -52,6 +52,14 @@ if ! ls .venv/lib/python3*/site-packages/bin/libggml-cpu-x64.so >/dev/null 2>&1;
     pip install --force-reinstall --no-deps "$wheel"
 fi
 pip install "$wheel"
+# llama.cpp's RPC backend, one loadable module built from the same sources, beside the CPU
+# variants (scripts/rpc_backend.sh, about a minute once; docs/RPC.md)
+if rpc=$(PYTHON=.venv/bin/python ./scripts/rpc_backend.sh); then
+    cp "$rpc" .venv/lib/python3*/site-packages/bin/
+else
+    echo "note: llama.cpp's RPC backend did not build: --rpc and rpc-worker are unavailable," \
+         "and their tests are skipped" >&2
+fi
 step_done
 step "Python packages: shimmy (compiling its engine) and the test tools"
 # no build isolation: the engine compiles against the llama.cpp just installed here

@@ -1,4 +1,4 @@
-"""The ``shimmy`` command: serve, generate, list, discover, probe, diag."""
+"""The ``shimmy`` command: serve, generate, list, discover, probe, diag, bench, rpc-worker."""
 
 from __future__ import annotations
 
@@ -96,7 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(probe)
     _bench_options(_command(commands, "bench", "measure prompt and generation speed and time "
                             "to first token", _run_bench))
+    _worker_options(_command(commands, "rpc-worker", "serve this machine's CPU to shimmy "
+                             "elsewhere, for models split over machines (llama.cpp RPC; "
+                             "private networks only)", _run_rpc_worker))
     return parser
+
+
+def _worker_options(worker: argparse.ArgumentParser) -> None:
+    worker.add_argument("--bind", metavar="HOST:PORT",
+                        help="address to serve at (default 127.0.0.1:50052); the protocol "
+                             "has no authentication: private networks only")
+    worker.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (default: one per physical core)")
+    worker.add_argument("--cache", metavar="DIR",
+                        help="keep tensors sent here in DIR, so that loading the same "
+                             "model again sends less (default: none)")
 
 
 def version_line() -> str:
@@ -207,7 +221,15 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads (default: one per physical core)")
     parser.add_argument("--gpu-layers", type=int, metavar="N",
-                        help="layers to offload to a GPU (default 0)")
+                        help="layers to offload to a GPU or, with --rpc, to the RPC "
+                             "workers (default 0; with --rpc, all)")
+    parser.add_argument("--rpc", metavar="HOST:PORT[,...]",
+                        help="split each model's layers over these shimmy rpc-worker (or "
+                             "llama.cpp rpc-server) processes; layers beyond --gpu-layers "
+                             "stay on this CPU (or set SHIMMY_RPC)")
+    parser.add_argument("--tensor-split", metavar="N0,N1,...",
+                        help="shares of the offloaded layers per RPC device, in --rpc's "
+                             "order, e.g. 3,1 (default: by the devices' free memory)")
     parser.add_argument("--deterministic", action="store_true",
                         help="the batch-invariant engine: a seed's text does not depend on "
                              "other requests (slower; also SHIMMY_DETERMINISTIC=1)")
@@ -258,6 +280,12 @@ def _run_diag(config: Config, args: argparse.Namespace) -> int:
     from shimmy.commands.diag import diag
 
     return diag(config, args.json)
+
+
+def _run_rpc_worker(config: Config, args: argparse.Namespace) -> int:
+    from shimmy.commands.rpc_worker import rpc_worker
+
+    return rpc_worker(config, args)
 
 
 def _run_bench(config: Config, args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from shimmy.engine.loaded import KV_CACHE_TYPES, MAX_DRAFT, EngineSettings
 from shimmy.engine.pool import DEFAULT_KEEP_ALIVE, DEFAULT_MAX_MODELS, PoolLimits, parse_keep_alive
+from shimmy.engine.rpc import parse_endpoints
 from shimmy.models.discovery import DiscoveryReport, discover
 from shimmy.sysinfo import physical_cores, total_memory_bytes
 
@@ -26,6 +27,7 @@ MODEL_ALIAS_ENV = "SHIMMY_MODEL_ALIAS"
 DETERMINISTIC_ENV = "SHIMMY_DETERMINISTIC"
 # the profiles' own cache types and prompt chunks, where no flag names them
 PROFILE_DEFAULTS = {False: ("f16", 512), True: ("bf16", 64)}  # keyed by deterministic
+RPC_ENV = "SHIMMY_RPC"  # --rpc's workers when no flag is given
 DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
 DEFAULT_PROMPT_CACHE = 256 * 1024**2  # bytes of slots' cells kept per model by `serve`
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b?|b)?", re.I)
@@ -44,7 +46,9 @@ class Config:
     parallel: int = 4
     ctx: int = 8192
     threads: int = 0  # 0: one per physical core
-    gpu_layers: int = 0
+    gpu_layers: int = 0  # with rpc: -1, every layer on the workers, unless given
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers, HOST:PORT (docs/RPC.md)
+    tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per RPC device
     kv_cache_type: str | None = None  # None: the profile's (f16; deterministic: bf16)
     draft: int = 3
     batch_size: int | None = None  # prompt tokens per chunk; None: 512, deterministic 64
@@ -89,9 +93,30 @@ class Config:
             os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         if getattr(args, "command", None) == "serve" and args.max_tokens is not None:
             config.max_tokens = args.max_tokens
+        config._rpc_args(args)
         config._serving_args(args)
         config.check()
         return config
+
+    def _rpc_args(self, args: argparse.Namespace) -> None:
+        """--rpc (else SHIMMY_RPC) and --tensor-split, for the commands that load models."""
+        if not hasattr(args, "rpc"):
+            return
+        text, source = args.rpc, "--rpc"
+        if text is None:
+            text, source = os.environ.get(RPC_ENV) or None, RPC_ENV
+        if args.tensor_split is not None:
+            self.tensor_split = parse_tensor_split(args.tensor_split)
+        if text is None:
+            if self.tensor_split:
+                raise ConfigError("--tensor-split shares layers among RPC devices: give --rpc")
+            return
+        try:
+            self.rpc = parse_endpoints(text, source)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if args.gpu_layers is None:
+            self.gpu_layers = -1  # llama.cpp: every layer (with the output layer) offloaded
 
     def _serving_args(self, args: argparse.Namespace) -> None:
         if not hasattr(args, "api_key"):
@@ -192,7 +217,8 @@ class Config:
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type or kv_type,
                               draft=self.draft, prompt_cache=self.prompt_cache,
                               batch=self.batch_size or batch, max_tokens=self.max_tokens,
-                              deterministic=self.deterministic)
+                              deterministic=self.deterministic, rpc=self.rpc,
+                              tensor_split=self.tensor_split)
 
     def pool_limits(self) -> PoolLimits:
         budget = self.memory_budget
@@ -220,6 +246,18 @@ def parse_size(text: str) -> int:
     unit = (match[2] or "b").lower()
     base = 1000 if len(unit) == 2 and unit[1] == "b" else 1024
     return int(float(match[1]) * base ** "bkmgt".index(unit[0]))
+
+
+def parse_tensor_split(text: str) -> tuple[float, ...]:
+    """``--tensor-split 3,1``: shares of the offloaded layers per device, in order."""
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--tensor-split '{text}': expected numbers such as 3,1") from None
+    if not all(share >= 0 for share in shares) or not sum(shares) > 0 or len(shares) > 16:
+        raise ConfigError(f"--tensor-split '{text}': 1 to 16 shares of 0 or more, "
+                          "not all 0")
+    return shares
 
 
 def parse_alias(text: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from shimmy.cli import build_parser
 REPO = Path(__file__).resolve().parent.parent
 CONFIGURATION = REPO / "docs" / "CONFIGURATION.md"
 DOCS_WITH_COMMANDS = [REPO / "README.md", CONFIGURATION, REPO / "docs" / "TROUBLESHOOTING.md",
-                      REPO / "docs" / "DEPLOYMENT.md"]
+                      REPO / "docs" / "DEPLOYMENT.md", REPO / "docs" / "RPC.md"]
 TOP = "shimmy"  # the top-level parser, in the docs' "commands" column
 ENV_NAMES = re.compile(
     r"\b(SHIMMY_[A-Z0-9_]+|OLLAMA_MODELS|HF_[A-Z0-9_]+|LMSTUDIO_[A-Z0-9_]+|NO_COLOR|"
@@ -89,7 +89,7 @@ def test_documented_placeholders_match_the_help() -> None:
 
 def test_every_command_is_documented() -> None:
     rows = table_rows(section(CONFIGURATION.read_text(), "Commands"))
-    documented = {re.match(r"`shimmy (\w+)", cells[0]).group(1) for cells in rows}
+    documented = {re.match(r"`shimmy ([\w-]+)", cells[0]).group(1) for cells in rows}
     assert documented == set(subcommands(build_parser()))
 
 
@@ -112,7 +112,7 @@ def test_every_environment_variable_is_documented() -> None:
 
 def test_exit_codes_are_documented() -> None:
     rows = table_rows(section(CONFIGURATION.read_text(), "Exit codes"))
-    assert [cells[0] for cells in rows] == ["0", "1", "2", "130", "141"]
+    assert [cells[0] for cells in rows] == ["0", "1", "2", "75", "130", "134", "141"]
 
 
 def command_lines(text: str) -> list[str]:

@@ -101,9 +101,16 @@ def unknown_model_hint(report: DiscoveryReport) -> str:
            "see where shimmy looked."
 
 
+RPC_HINT = ("Start 'shimmy rpc-worker --bind HOST:PORT' on that machine (the same shimmy "
+            "version), check --rpc's address and the firewall between, or leave --rpc out "
+            "to run on this machine alone; 'shimmy diag --rpc ...' checks every worker.")
+
+
 def load_failure_hint(name: str, suggest_probe: bool = True, why: str = "") -> str:
     """After a model failed to load (``why``: the reason given): what usually causes it
     and what to run next."""
+    if "RPC worker" in why:
+        return RPC_HINT
     if tells_of_unsupported_architecture(why):
         return unsupported_hint()
     causes = ("A file cut short by a download, or an architecture newer than this llama.cpp "

@@ -62,7 +62,8 @@ def bench(config: Config, args: argparse.Namespace) -> int:
             model = LoadedModel(entry.name, entry.path, config.engine_settings(),
                                 list(entry.loras), entry.info)
     except Exception as exc:
-        error(f"model '{entry.name}' does not load: {exc}", load_failure_hint(entry.name))
+        error(f"model '{entry.name}' does not load: {exc}",
+              load_failure_hint(entry.name, why=str(exc)))
         return 1
     try:
         results = asyncio.run(_measure(model, args, show_progress=_progress_wanted(args)))

@@ -15,7 +15,7 @@ from shimmy.commands.listing import print_report
 from shimmy.commands.ports import port_holder
 from shimmy.commands.term import paint, print_json
 from shimmy.config import Config
-from shimmy.engine import library
+from shimmy.engine import library, rpc
 from shimmy.engine.profile import FAST, INVARIANT
 from shimmy.sysinfo import available_memory_bytes, format_bytes, physical_cores, total_memory_bytes
 
@@ -43,6 +43,7 @@ def collect(config: Config) -> dict[str, Any]:
                    "available_bytes": available_memory_bytes()},
         "llama_cpp": _llama_facts(config.deterministic),
         "gpu_layers": config.gpu_layers,
+        "rpc_devices": rpc.device_facts(config.rpc) if config.rpc else [],
         "port": _port_facts(config.host, config.port),
     }
 
@@ -61,8 +62,11 @@ def _print_facts(facts: dict[str, Any]) -> None:
         print(f"llama.cpp:    {llama['system_info']}")
         print(f"cpu variant:  {_variant_words(llama)}")
         print(f"output head:  {_head_words(llama['output_head'])}")
-        print(f"gpu offload:  {_offload_words(llama['gpu_offload'])}; "
-              f"--gpu-layers {facts['gpu_layers']}")
+        print(f"gpu offload:  {_offload_words(llama['gpu_offload'], bool(facts['rpc_devices']))}"
+              f"; --gpu-layers {facts['gpu_layers']}")
+        print(f"rpc backend:  {_rpc_backend_words(llama['rpc_backend'])}")
+        for device in facts["rpc_devices"]:
+            print(f"rpc device:   {_rpc_words(device)}")
     else:
         print(f"llama.cpp:    {paint('NOT LOADABLE', 'red')}: {llama['error']}")
     print(f"port:         {port['host']}:{port['port']} {_port_words(port)}")
@@ -78,7 +82,8 @@ def _llama_facts(deterministic: bool) -> dict[str, Any]:
             "build": library.llama_build(),
             "cpu_variant": llama.cpu_variant() or None,
             "backend_dir": str(backends) if backends else None,
-            "gpu_offload": bool(llama.supports_gpu_offload()),
+            "gpu_offload": llama.local_gpu_count() > 0,
+            "rpc_backend": bool(llama.rpc_available()),
             "output_head": {"obstacle": library.output_head_obstacle()},
             # decided per model when it loads (shimmy probe MODEL shows that one)
             "engine_profile": {"name": INVARIANT if deterministic else FAST,
@@ -101,7 +106,24 @@ def _variant_words(llama: dict[str, Any]) -> str:
     return "built in (this llama.cpp was compiled for one CPU type: not portable)"
 
 
-def _offload_words(supported: bool) -> str:
+def _rpc_words(device: dict[str, Any]) -> str:
+    """One RPC worker's device and its free memory, or why the worker cannot be used."""
+    if "error" in device:
+        return f"{device['endpoint']} {paint('UNUSABLE', 'red')}: {device['error']}"
+    return (f"{device['name']} at {device['endpoint']}: {device['description']}, "
+            f"{format_bytes(device['free_bytes'])} free of "
+            f"{format_bytes(device['total_bytes'])}")
+
+
+def _rpc_backend_words(installed: bool) -> str:
+    if installed:
+        return "installed: shimmy rpc-worker serves this CPU, --rpc splits models (docs/RPC.md)"
+    return "not installed (scripts/setup.sh builds it): no rpc-worker, no --rpc"
+
+
+def _offload_words(supported: bool, rpc: bool = False) -> str:
+    if rpc:
+        return "to the RPC devices below, the rest on this CPU"
     if supported:
         return "supported"
     return "not supported: CPU build, every layer runs on the CPU (--gpu-layers offloads nothing)"

@@ -65,6 +65,8 @@ def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> Non
         print(f"output head:  {facts['output_head']}")
         if model.profile:
             print(f"profile:      {model.profile.words()}")
+        if config.rpc:
+            _print_placement(model.placement)
     try:
         started = time.perf_counter()
         text, tokens = asyncio.run(_one_token(model))
@@ -129,10 +131,22 @@ def _load(config: Config, entry: ModelEntry, facts: dict[str, Any]) -> LoadedMod
     except Exception as exc:
         raise ProbeFailure(f"the model does not load: {exc}",
                            load_failure_hint(entry.name, False, str(exc))) from None
+    facts.update(placement=model.placement, rpc=list(config.rpc))
     facts.update(load_ms=model.load_seconds * 1000, context=model.n_ctx,
                  slots=config.parallel, threads=config.n_threads,
                  memory_bytes=process_rss_bytes() - rss_before)
     return model
+
+
+def _print_placement(placement: dict[str, Any]) -> None:
+    """Where the layers went: llama.cpp's buffer sizes per device (docs/RPC.md)."""
+    layers = placement["layers"]
+    if layers:
+        print(f"layers:       {layers['offloaded']} of {layers['of']} on the RPC workers, "
+              "the rest on this CPU")
+    for device, sizes in placement["buffers_mib"].items():
+        words = ", ".join(f"{kind} {mib:.1f} MiB" for kind, mib in sizes.items())
+        print(f"  {device}: {words}")
 
 
 async def _one_token(model: LoadedModel) -> tuple[str, int]:

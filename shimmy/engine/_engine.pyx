@@ -23,7 +23,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdio cimport fflush, fputs, stderr
 from libc.math cimport INFINITY, expf, logf, sqrtf
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, strcmp, strstr
 from libcpp cimport bool as cbool
 from libcpp.string cimport string
 from libcpp.vector cimport vector
@@ -35,6 +35,7 @@ cdef class BatchEngine  # defined below; the included files' functions take it
 
 include "llama_h.pxi"
 include "backend.pxi"
+include "rpc.pxi"
 include "steps.pxi"
 include "sampling.pxi"
 include "text.pxi"

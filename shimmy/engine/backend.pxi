@@ -13,6 +13,7 @@ cdef string _log_tail          # the last error lines, to explain a failure
 
 
 cdef cbool _log_verbose = False
+cdef string _log_placement     # where a load put the weights and caches (buffer sizes)
 
 
 cdef void _on_log(ggml_log_level level, const char * text, void * user_data) noexcept nogil:
@@ -20,6 +21,11 @@ cdef void _on_log(ggml_log_level level, const char * text, void * user_data) noe
     if _log_verbose:
         fputs(text, stderr)
         fflush(stderr)
+    if level == GGML_LOG_LEVEL_INFO and (strstr(text, b" buffer size = ") != NULL
+                                         or strstr(text, b"layers to GPU") != NULL):
+        _log_placement.append(text)
+        if _log_placement.size() > 8192:
+            _log_placement.erase(0, _log_placement.size() - 8192)
     if level == GGML_LOG_LEVEL_ERROR or level == GGML_LOG_LEVEL_WARN:
         _log_tail.append(text)
         if _log_tail.size() > 4096:
@@ -69,6 +75,14 @@ def take_log_tail() -> str:
     text = _log_tail.decode("utf-8", "replace")
     _log_tail.clear()
     return text.strip()
+
+
+def take_placement_log() -> str:
+    """llama.cpp's lines on buffer sizes per device and offloaded layers since the last call."""
+    global _log_placement
+    text = _log_placement.decode("utf-8", "replace")
+    _log_placement.clear()
+    return text
 
 
 def system_info() -> str:
@@ -163,8 +177,11 @@ cdef class Model:
     cdef readonly str path
 
     def __cinit__(self, str path, int gpu_layers=0, bint use_mmap=True, list loras=None,
-                  extra_buffers=None, LoadTracker progress=None):
+                  extra_buffers=None, list rpc_devices=None, list tensor_split=None,
+                  LoadTracker progress=None):
         cdef llama_model_params params = llama_model_default_params()
+        cdef vector[ggml_backend_dev_t] devices
+        cdef vector[float] split
         cdef bytes bpath = path.encode()
         cdef const char * cpath = bpath
         cdef llama_adapter_lora * lora
@@ -175,6 +192,14 @@ cdef class Model:
             # also keeps llama.cpp's own callback, which prints dots, out of the way
             params.progress_callback = _on_progress
             params.progress_callback_user_data = &progress.track
+        if _rpc_servers:  # RPC workers are registered: name this model's devices
+            devices = _model_devices(rpc_devices or [])
+            params.devices = devices.data()
+        if tensor_split:
+            split.resize(max(llama_max_devices(), <size_t> len(tensor_split)))
+            for i, share in enumerate(tensor_split):
+                split[i] = share
+            params.tensor_split = split.data()
         self.path = path
         take_log_tail()
         with nogil:

@@ -12,7 +12,9 @@ them as one archive instead, unpacked on first use into ``~/.cache/shimmy/llama-
 A portable build's CPU variants
 (``libggml-cpu-<variant>.so``) sit beside them in the bundle, and in ``site-packages/bin``
 where llama-cpp-python's wheel installs them; ``SHIMMY_BACKEND_DIR`` names another folder
-to load them from (to mask a variant, or to try another build of them).
+to load them from (to mask a variant, or to try another build of them). llama.cpp's RPC
+backend, ``libggml-rpc.so``, is one more module there (``SHIMMY_RPC_BACKEND`` names one
+elsewhere).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 from types import ModuleType
 
 BACKEND_DIR_ENV = "SHIMMY_BACKEND_DIR"
+# a libggml-rpc.so to load where none sits beside the CPU variants (docs/RPC.md)
+RPC_BACKEND_ENV = "SHIMMY_RPC_BACKEND"
 # "ggml" leaves the output layer's product to llama.cpp (see the engine's output_head.h)
 OUTPUT_HEAD_ENV = "SHIMMY_OUTPUT_HEAD"
 BUILD_INFO_FILE = "llama_build.json"  # written into the binary by build.spec
@@ -77,6 +81,8 @@ def load() -> ModuleType:
                 raise BackendError(
                     f"llama.cpp loaded no CPU backend from {directory or 'anywhere'}: "
                     "no libggml-cpu-*.so there runs on this CPU")
+            if os.environ.get(RPC_BACKEND_ENV):
+                _engine.load_rpc_backend(os.environ[RPC_BACKEND_ENV])
             _module = _engine
         return _module
 

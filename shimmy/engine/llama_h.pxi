@@ -52,7 +52,17 @@ cdef extern from "llama.h" nogil:
     ctypedef void (*ggml_log_callback)(ggml_log_level level, const char * text, void * user_data)
     ctypedef cbool (*llama_progress_callback)(float progress, void * user_data)
 
+    # ggml-backend.h (llama.h includes it): backends, their devices, their registries
+    cdef struct ggml_backend_reg:
+        pass
+    ctypedef ggml_backend_reg * ggml_backend_reg_t
+    cdef struct ggml_backend_device:
+        pass
+    ctypedef ggml_backend_device * ggml_backend_dev_t
+
     cdef struct llama_model_params:
+        ggml_backend_dev_t * devices
+        const float * tensor_split
         int32_t n_gpu_layers
         llama_load_mode load_mode
         cbool use_extra_bufts
@@ -111,6 +121,7 @@ cdef extern from "llama.h" nogil:
     size_t llama_max_parallel_sequences()
 
     llama_model_params llama_model_default_params()
+    size_t llama_max_devices()
     llama_context_params llama_context_default_params()
     llama_sampler_chain_params llama_sampler_chain_default_params()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from shimmy.engine import library
+from shimmy.engine import library, rpc
 from shimmy.engine.profile import EngineProfile
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
@@ -53,6 +54,8 @@ class EngineSettings:
     deterministic: bool = False
     prompt_cache: int = 0  # bytes of replaced slots' cells kept in memory (see PromptCache)
     max_tokens: int = 0  # the most tokens one answer may generate; 0: no cap
+    rpc: tuple[str, ...] = ()  # RPC workers (HOST:PORT) the layers are split over
+    tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per RPC device
 
 
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
@@ -125,23 +128,16 @@ class LoadedModel:
         self.n_preparing = 0  # requests rendering their prompts: in use, though not queued
         self.info = info
         self.embeddings_only = is_embedding_model(info)
-        self.model = engine_module.Model(str(path), settings.gpu_layers, settings.use_mmap,
-                                         [str(p) for p in loras or ()], None, tracker)
-        # what llama.cpp's progress callback delivered, in order, ending at 1.0
-        self.load_fractions: list[float] = tracker.fractions
-        n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
-            else settings.ctx
+        self.rpc = settings.rpc
         self.engine = self.scheduler = self.embedder = None
         self.profile: EngineProfile | None = None
-        if self.embeddings_only:
-            self.embedder = engine_module.Embedder(self.model, n_ctx, settings.threads)
-        else:
-            self.engine = engine_module.BatchEngine(
-                self.model, n_ctx, settings.parallel, settings.threads,
-                min(settings.batch, n_ctx), settings.kv_type, settings.draft,
-                exact_weights(info, loras), library.output_head_wanted(),
-                settings.deterministic)
-            self.engine.warm_up()
+        engine_module.take_placement_log()
+        with rpc.loading(settings.rpc) as devices:
+            self._load(engine_module, settings, devices, loras, tracker)
+        # what llama.cpp's progress callback delivered, in order, ending at 1.0
+        self.load_fractions: list[float] = tracker.fractions
+        self.placement = rpc.placement(engine_module.take_placement_log())
+        if self.engine is not None:
             self.profile = EngineProfile.measured(self.engine)
             _inject_faults(self.engine)
             # cells are copied only where a row rounds alike in any step
@@ -152,10 +148,30 @@ class LoadedModel:
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,
-                 self.model.description, self.load_seconds, n_ctx,
+                 self.model.description, self.load_seconds, self.n_ctx,
                  settings.parallel, settings.threads,
                  f"; {self.profile.words()}, {self.profile.output_head}'s output head"
                  if self.profile else "")
+
+    def _load(self, engine_module: ModuleType, settings: EngineSettings,
+              rpc_devices: list[int], loras: list[Path] | None, tracker: Any) -> None:
+        """Weights, then a context (and its warm-up) or an embedder."""
+        self.model = engine_module.Model(str(self.path), settings.gpu_layers,
+                                         settings.use_mmap, [str(p) for p in loras or ()],
+                                         None, rpc_devices, list(settings.tensor_split),
+                                         tracker)
+        n_ctx = min(settings.ctx, self.model.n_ctx_train) if self.model.n_ctx_train > 0 \
+            else settings.ctx
+        if self.embeddings_only:
+            self.embedder = engine_module.Embedder(self.model, n_ctx, settings.threads)
+            return
+        # shimmy's output head reads the layer's input in host memory: not over RPC
+        own_head = library.output_head_wanted() and not rpc_devices
+        self.engine = engine_module.BatchEngine(
+            self.model, n_ctx, settings.parallel, settings.threads,
+            min(settings.batch, n_ctx), settings.kv_type, settings.draft,
+            exact_weights(self.info, loras), own_head, settings.deterministic)
+        self.engine.warm_up()
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -260,3 +276,12 @@ class LoadedModel:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.engine = self.embedder = self.model = None
+        if self.rpc:
+            # the workers' connection lives as long as the weights and the context: free
+            # them now, so that the next load finds the workers free (a worker serves one
+            # connection at a time)
+            if self.scheduler is not None:
+                self.scheduler.engine = None
+            gc.collect()
+            rpc.release(self.rpc)
+            self.rpc = ()
