@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clients import request_json
+from conftest import ShimmyProcess, isolated_env
 
 from shimmy.engine.lifecycle import RequestState, StepFailed
 from shimmy.engine.prompt_cache import PromptCache
@@ -74,6 +76,54 @@ def test_a_failed_decode_clears_its_slots_and_prefix_sharing_requests_stay_right
     assert run(engine, 0, longer) == expected  # read again, not from cells it lost
     assert engine.reusable(1, other) == other_reuse
     assert run(engine, 1, other) == expected_other  # slot 1's cells were untouched
+
+
+@pytest.mark.parametrize("steps", [3, "chunk", "prefill"])
+def test_a_next_turn_after_a_failed_decode_gets_the_cold_text(model: Any, steps: Any) -> None:
+    """A later request that repeats all the failed one had (its prompt and the tokens it
+    generated, as a chat's next turn does) gets the text a cold read gives. ``chunk``: the
+    failed step's token ends a 64-token chunk, which reuse in whole chunks would take;
+    ``prefill``: the failed step reads the prompt's second chunk (before the engine
+    cleared slots on a failure, the repeated prompt failed inside llama.cpp)."""
+    engine = new_engine(model)
+    prompt = words(model, 1, 150 if steps == "prefill" else 70)
+    steps = 1 if steps == "prefill" else steps
+    engine.start(0, prompt, GREEDY, [], 100, True, 0, False)
+    generated: list[int] = []
+    done = 0
+    while (done < steps) if steps != "chunk" else (len(prompt) + len(generated) != 128):
+        for event in engine.step():
+            generated.extend(entry[0] for entry in event[4] or ())
+        done += 1
+        assert done < 100
+    engine.inject_decode_failures(1)
+    with pytest.raises(StepFailed):
+        engine.step()
+    follow = prompt + generated + words(model, 2, 20)[1:]
+    expected = run(engine, 1, follow, reuse=False)  # cold, on the other slot
+    assert run(engine, 0, follow) == expected
+
+
+def test_a_prompt_asked_again_after_a_failed_chunk_read_is_answered(
+        model_path: Path, tmp_path: Path) -> None:
+    """Served: the injected failure hits the second 64-token chunk of a prompt's read;
+    the same prompt asked again is answered, the same way each time."""
+    prompt = " ".join(random.Random(1).choice(WORDS) for _ in range(150))
+    env = isolated_env(tmp_path, SHIMMY_TEST_FAIL_DECODE="2")
+    server = ShimmyProcess(["--model-path", str(model_path), "--parallel", "1",
+                            "--deterministic"], env, tmp_path)
+    body = {"prompt": prompt, "max_tokens": 8, "temperature": 0}
+    try:
+        first = request_json(server.port, "POST", "/api/generate", body)
+        second = request_json(server.port, "POST", "/api/generate", body)
+        third = request_json(server.port, "POST", "/api/generate", body)
+    finally:
+        out = server.stop()
+    assert first[0] == 500 and "llama_decode failed" in str(first[1]), first
+    assert second[0] == 200, second
+    assert third[0] == 200, third
+    assert second[1]["choices"][0]["text"] == third[1]["choices"][0]["text"]
+    assert "decode failed" in out
 
 
 def test_the_injected_failures_come_every_n_passes_and_then_stop(model: Any) -> None:

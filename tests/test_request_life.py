@@ -24,6 +24,9 @@ from shimmy.api.native import NativeApi
 from shimmy.api.openai.completions import Completions
 from shimmy.api.params import generate_params
 from shimmy.api.state import AppState
+from shimmy.chat import prompt as prompts
+from shimmy.chat.request import ChatRequest
+from shimmy.chat.run import start_chat
 from shimmy.engine.loaded import FAIL_DECODE_ENV, EngineSettings, LoadedModel
 from shimmy.engine.pool import ModelPool
 from shimmy.models.registry import ModelRegistry
@@ -94,6 +97,31 @@ def test_prompts_are_tokenized_off_the_event_loop(looper_dir: Path,
             await asyncio.wait_for(item.text(), 30)
         assert len(threads) == 3 and loop_thread not in threads
         await state.pool.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_chat_prompts_are_rendered_off_the_event_loop(looper_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = ModelRegistry.from_config(model_dirs=[looper_dir], env={})
+    pool = ModelPool(registry, EngineSettings(ctx=512, parallel=2))
+    threads: list[str] = []
+    real = prompts.render
+
+    def spied(model: LoadedModel, chat: ChatRequest) -> tuple[str, list[int]]:
+        threads.append(threading.current_thread().name)
+        return real(model, chat)
+
+    monkeypatch.setattr(prompts, "render", spied)
+
+    async def scenario() -> None:
+        loop_thread = threading.current_thread().name
+        model = await pool.get("looper")
+        run = await start_chat(model, ChatRequest(
+            messages=[{"role": "user", "content": "abc"}], max_tokens=2))
+        await asyncio.wait_for(run.result(), 30)
+        assert len(threads) == 1 and loop_thread not in threads
+        await pool.aclose()
 
     asyncio.run(scenario())
 
