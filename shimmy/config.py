@@ -26,7 +26,7 @@ POOL_ENV = {"keep_alive": "SHIMMY_KEEP_ALIVE", "max_models": "SHIMMY_MAX_MODELS"
 MODEL_ALIAS_ENV = "SHIMMY_MODEL_ALIAS"
 DETERMINISTIC_ENV = "SHIMMY_DETERMINISTIC"
 # the profiles' own cache types and prompt chunks, where no flag names them
-PROFILE_DEFAULTS = {False: ("f16", 512), True: ("bf16", 64)}  # keyed by deterministic
+PROFILE_DEFAULTS = {False: ("f16", 64), True: ("bf16", 64)}  # keyed by deterministic
 RPC_ENV = "SHIMMY_RPC"  # --rpc's workers when no flag is given
 DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
 DEFAULT_PROMPT_CACHE = 256 * 1024**2  # bytes of slots' cells kept per model by `serve`

@@ -91,7 +91,7 @@ def model_path() -> Path:
 def isolated_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment with a private HOME and none of shimmy's own variables."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SHIMMY_", "OLLAMA_", "HF_", "LMSTUDIO_"))}
+           if not k.startswith(("SHIMMY_", "OLLAMA_", "HF_", "LMSTUDIO_", "GGML_"))}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), **extra)
     return env
 

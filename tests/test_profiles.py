@@ -38,8 +38,7 @@ def test_probe_and_diag_name_the_profile(name: str, tmp_path: Path) -> None:
     # the fast profile packs every busy slot into one pass; the invariant one only
     # where the load-time check finds rows rounding alike
     assert profile["packed"] is (name == "fast" or profile["exact_rows"])
-    assert profile["reuse_unit"] == (1 if profile["exact_rows"] else
-                                     (512 if name == "fast" else 64))
+    assert profile["reuse_unit"] == (1 if profile["exact_rows"] else 64)
     diag = run_json(tmp_path, "diag", *PROFILES[name])
     assert diag["llama_cpp"]["engine_profile"]["name"] == name
     assert diag["llama_cpp"]["engine_profile"]["tiled_kquant_kernel"] == \

@@ -46,7 +46,7 @@ class EngineSettings:
     parallel: int = 4
     threads: int = 2
     gpu_layers: int = 0
-    batch: int = 512  # prompt chunk; unpacked, also the unit of prefix reuse
+    batch: int = 64  # prompt chunk; where rows do not round alike, the unit of reuse
     use_mmap: bool = True
     kv_type: str = "f16"  # deterministic: bf16 and q8_0 decode with flash attention
     draft: int = 3  # tokens guessed ahead per step (deterministic: bf16 and q8_0 only)
