@@ -3,8 +3,10 @@ Anthropic Messages API and Codex CLI over the OpenAI Responses API.
 
 The CLIs come pinned from npm (tests/agent_clis.py; skipped when npm cannot install
 them) and run offline with a private HOME. The embedded model is a small base model:
-what it says is not checked, only that each agent finishes its turn cleanly. Reading
-Claude Code's 20k-token prompt takes minutes on two cores, hence the long timeouts.
+what it says is not checked, only that each agent finishes its turn cleanly (for Claude
+Code, a base model that runs into the answer cap counts, see the test). Claude Code
+runs with two tools and a short system prompt; its full 20k-token first request is
+replayed in test_agent_requests.py.
 """
 
 from __future__ import annotations
@@ -58,12 +60,21 @@ def test_claude_code_answers_in_print_mode(agent_server: ShimmyProcess, tmp_path
     workdir.mkdir()
     env = agent_clis.claude_env(base_url(agent_server), tmp_path / "home")
     env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = "512"  # a base model may not stop by itself
+    # two tools and a short system prompt: the first request is some 3k tokens, not
+    # 20k (test_agent_requests.py replays a captured full-size one), so that the whole
+    # CLI turn, tools included, takes a minute rather than many on two cores
     command = [str(claude), *agent_clis.claude_args(PROMPT, "claude-haiku-4-5"),
-               "--max-turns", "3"]
+               "--max-turns", "3", "--tools", "Bash,Read",
+               "--system-prompt", "You are a helpful assistant. Reply with one short sentence."]
     done = run_agent(command, env, workdir, agent_server)
-    assert done.returncode == 0, describe(done)
+    # The embedded model may not stop before the server's --n-predict cap: Claude Code then
+    # reports the stream's stop_reason max_tokens in its own words and exits 1. Either way
+    # it read the whole stream; any other error (a 4xx/5xx, a broken stream) fails here.
+    hit_the_cap = done.returncode == 1 and done.stdout.startswith(
+        "API Error: Claude's response exceeded the 512 output token maximum")
+    assert done.returncode == 0 or hit_the_cap, describe(done)
     assert done.stdout.strip(), describe(done)
-    assert "API Error" not in done.stdout, describe(done)
+    assert hit_the_cap or "API Error" not in done.stdout, describe(done)
 
 
 def test_codex_exec_answers(agent_server: ShimmyProcess, tmp_path: Path) -> None:
