@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LLAMA_BIN, ROOT, WORDS, Server, call, rss_mb, start, stop  # noqa: E402
+from run import LLAMA_BIN, ROOT, WORDS, Server, call, rss_mb, run_together, start, stop  # noqa: E402
 
 TOOLS = ["read_file(path)", "write_file(path, text)", "run(command)", "search(pattern)",
          "list_dir(path)", "edit(path, old, new)", "fetch(url)", "ask_user(question)"]
@@ -121,13 +121,7 @@ def four_agents(server: Server, rng: random.Random, args: argparse.Namespace
         with lock:
             later.append(first_token(server, prompt))
 
-    threads = [threading.Thread(target=agent, args=(seed,)) for seed in seeds]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = run_together([threading.Thread(target=agent, args=(seed,)) for seed in seeds])
     return {f"agents{args.agents}_tok_s": generated[0] / wall,
             f"agents{args.agents}_later_ttft": statistics.median(later),
             "rss_after_mb": rss_mb(server)}

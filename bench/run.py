@@ -291,18 +291,22 @@ def concurrent(server: Server, clients: int, args: argparse.Namespace,
 
     sampler = threading.Thread(target=sample_rss)
     sampler.start()
-    threads = [threading.Thread(target=client, args=(p,)) for p in prompts]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    wall = run_together([threading.Thread(target=client, args=(p,)) for p in prompts])
     done.set()
     sampler.join()
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
     return tokens[0] / wall, statistics.median(latencies), p95, peak[0]
+
+
+def run_together(threads: list[threading.Thread]) -> float:
+    """Start the threads at once, wait for them all; the seconds that took."""
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def multi_turn(server: Server, rng: random.Random) -> dict[str, float]:
