@@ -120,7 +120,7 @@ cdef class BatchEngine:
         self.head_attached = own_head and shimmy_head_attach(&params, self.head)
         params.n_ctx = n_ctx * n_slots
         params.n_ubatch = max(n_batch, n_slots)
-        # with exact_rows a step is one batch: every slot's rows and prompt chunks
+        # packed, a step is one batch: every slot's rows and prompt chunks
         params.n_batch = READ_CHUNKS * params.n_ubatch + n_slots + MAX_SEQ_ROWS
         params.n_seq_max = n_slots
         params.kv_unified = False
@@ -460,12 +460,13 @@ cdef class BatchEngine:
 
         Each decoding slot (see ``_decodes``) moves by a token (a lone one by as many more
         as its guesses that hold, see ``_add_draft``), and prefilling slots read their
-        next prompt chunks. With ``exact_rows`` a row's numbers do not depend on what
-        else its pass holds, and all of it is one ``llama_decode`` (``_fill_step``).
-        Without, one ``llama_decode`` per ``pass_rows`` decoding slots, another for one
-        slot's chunk, and chunks are cut at multiples of ``n_batch``. Either way a request's
-        arithmetic is the same whether it runs alone or beside others, so a seed gives
-        the same text either way. Raises ``LlamaError`` if llama.cpp fails a batch.
+        next prompt chunks. ``packed`` (exact rows, or the fast profile), all of it is
+        one ``llama_decode`` (``_fill_step``). Otherwise one ``llama_decode`` per
+        ``pass_rows`` decoding slots, another for one slot's chunk. Chunks are cut at
+        multiples of ``n_batch``. With exact rows, or unpacked, a request's arithmetic is
+        the same whether it runs alone or beside others, so a seed gives the same text
+        either way; the fast profile promises that only alone. Raises ``LlamaError`` if
+        llama.cpp fails a batch.
         """
         cdef list events = []
         try:

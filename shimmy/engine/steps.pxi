@@ -18,7 +18,7 @@ cdef enum:
     # idle slots between busy ones that get a throw-away row each to keep a step in one
     # pass (a row without logits costs a fraction of the second pass a gap causes)
     MAX_FILLER_ROWS = 3
-    # prompt tokens read per step at most, in chunks of n_batch (with exact_rows): prompts
+    # prompt tokens read per step at most, in chunks of n_batch (packed steps): prompts
     # that arrive together are read together, and a decoding stream waits at most about
     # twice a chunk's time for its next token while long prompts are read
     READ_CHUNKS = 2
@@ -115,7 +115,7 @@ cdef inline int32_t _batch_add(llama_batch * b, llama_token token, llama_pos pos
 
 cdef inline bint _decodes(BatchEngine self, Slot * s) noexcept:
     """Whether the slot has a row in the decode passes: it generates, or (with
-    ``exact_rows``) the last token of its prompt is all it has left to read."""
+    a ``packed`` step) the last token of its prompt is all it has left to read."""
     return s.state == GENERATE or (self.packed and s.state == PREFILL
                                    and s.n_prefilled + 1 == s.prompt.size())
 
@@ -179,7 +179,7 @@ cdef size_t _chunk_len(BatchEngine self, Slot * s) noexcept:
 
 
 cdef int _fill_step(BatchEngine self) except -1:
-    """The whole step as one batch, for ``exact_rows``: the row of each slot that
+    """The whole step as one batch, for a ``packed`` engine: the row of each slot that
     ``_decodes`` (``_add_row``), the next chunks of the slots that read their prompt,
     ``READ_CHUNKS`` chunks' worth at most, and for each slot between those, the next
     prompt token of one still waiting to read, or a throw-away row of an idle one
