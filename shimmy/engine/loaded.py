@@ -6,7 +6,6 @@ import contextlib
 import gc
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from shimmy.engine import library, rpc
+from shimmy.engine import compute, library, rpc
 from shimmy.engine.profile import EngineProfile
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
@@ -144,7 +143,6 @@ class LoadedModel:
             cells = PromptCache(settings.prompt_cache) \
                 if settings.prompt_cache > 0 and self.profile.exact_rows else None
             self.scheduler = Scheduler(self.engine, name, cells, self.profile.exact_rows)
-        self._embed_lock = threading.Lock()
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,
@@ -171,7 +169,7 @@ class LoadedModel:
             self.model, n_ctx, settings.parallel, settings.threads,
             min(settings.batch, n_ctx), settings.kv_type, settings.draft,
             exact_weights(self.info, loras), own_head, settings.deterministic)
-        self.engine.warm_up()
+        compute.run(self.engine.warm_up)
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -197,8 +195,7 @@ class LoadedModel:
             raise invalid_request(
                 f"The input has {len(tokens)} tokens; the model's context is "
                 f"{self.embedder.n_ctx} tokens", "Input exceeds the context length", "input")
-        with self._embed_lock:
-            return self.embedder.embed(tokens)
+        return compute.run(self.embedder.embed, tokens)
 
     @property
     def n_ctx(self) -> int:

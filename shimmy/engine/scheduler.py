@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shimmy.engine import compute
 from shimmy.engine.lifecycle import RequestState, StateError, StepFailed, check_move
 from shimmy.engine.prompt_cache import PromptCache
 
@@ -345,7 +346,7 @@ class Scheduler:
 
     def _step(self) -> None:
         try:
-            events = self.engine.step()
+            events = compute.run(self.engine.step)
         except StepFailed as exc:  # llama.cpp failed a batch: its requests fail, not others
             log.error("decode failed on %s (slots %s): %s", self.name, exc.slots, exc)
             self._deliver(exc.events)
