@@ -31,7 +31,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LLAMA_BIN, ROOT, WORDS, Server, call, rss_mb, run_together, start, stop  # noqa: E402
+from run import (  # noqa: E402
+    LLAMA_BIN,
+    ROOT,
+    WORDS,
+    Server,
+    call,
+    chosen_model,
+    rss_mb,
+    run_together,
+    start,
+    stop,
+)
 
 TOOLS = ["read_file(path)", "write_file(path, text)", "run(command)", "search(pattern)",
          "list_dir(path)", "edit(path, old, new)", "fetch(url)", "ask_user(question)"]
@@ -204,6 +215,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--answer", type=int, default=32, help="tokens per answer")
     parser.add_argument("--port", type=int, default=11490)
     parser.add_argument("--servers", nargs="+", default=["shimmy", "llama-server"])
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a GGUF file (default: the embedded model)")
     parser.add_argument("--llama-args", type=shlex.split, default=[], metavar="ARGS",
                         help="more llama-server options (say why in the report)")
     return parser.parse_args(argv)
@@ -212,9 +225,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from shimmy.models.embedded import embedded_model_path
-
-    print(table(measure(servers(args, embedded_model_path()), args)))
+    model = chosen_model(args)
+    print(f"model: {model.name}")
+    print(table(measure(servers(args, model), args)))
     return 0
 
 

@@ -79,6 +79,17 @@ class Figures:
         return self.values.get(key)
 
 
+def cpu_has_amx() -> bool:
+    """llama.cpp's repacked weights die with SIGILL on AMX CPUs (docs/ARCHITECTURE.md):
+    only there do the peers run with repacking off."""
+    with open("/proc/cpuinfo") as info:
+        return any(line.startswith("flags") and " amx_int8" in line for line in info)
+
+
+def no_repack() -> list[str]:
+    return ["--no-repack"] if cpu_has_amx() else []
+
+
 def servers(args: argparse.Namespace, model: Path, port: int) -> list[Server]:
     t, ctx, slots = str(args.threads), args.ctx, args.parallel
     shimmy = Server("shimmy", [str(ROOT / ".venv/bin/shimmy"), "serve", "--port", str(port),
@@ -87,7 +98,7 @@ def servers(args: argparse.Namespace, model: Path, port: int) -> list[Server]:
                     {"ignore_eos": True})
     llama = Server("llama-server", [str(LLAMA_BIN / "llama-server"), "-m", str(model),
                                     "--port", str(port), "-t", t, "-tb", t,
-                                    "-c", str(ctx * slots), "-np", str(slots), "--no-repack",
+                                    "-c", str(ctx * slots), "-np", str(slots), *no_repack(),
                                     "--no-webui"], "/health", {"ignore_eos": True})
     ngram = Server("llama-server-ngram",
                    [*llama.command, "--spec-type", "ngram-simple", "--spec-ngram-simple-size-n",
@@ -323,8 +334,8 @@ def multi_turn(server: Server, rng: random.Random) -> dict[str, float]:
 
 def llama_bench(args: argparse.Namespace, model: Path) -> Figures:
     command = [str(LLAMA_BIN / "llama-bench"), "-m", str(model), "-t", str(args.threads),
-               "-p", "128", "-n", str(args.tokens), "-r", str(args.repeats), "--repack", "0",
-               "-o", "json"]
+               "-p", "128", "-n", str(args.tokens), "-r", str(args.repeats), "--repack",
+               "0" if cpu_has_amx() else "1", "-o", "json"]
     rows = json.loads(subprocess.run(command, capture_output=True, text=True,
                                      check=True).stdout)
     figures = Figures()
@@ -391,11 +402,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
-def write_report(path: Path, text: str, command: str) -> None:
+def write_report(path: Path, text: str, command: str, model: Path) -> None:
     path.write_text(
         "# Benchmarks\n\n"
         f"Reproduce with:\n\n```sh\n./bench/build_peers.sh\n{command}\n```\n\n"
-        f"Machine: {machine()}. Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        f"Machine: {machine()}. Model: {model.name}. "
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
         + text + "\n")
 
 
@@ -420,23 +432,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-llama-bench", action="store_true")
     parser.add_argument("--shimmy-args", type=shlex.split, default=[], metavar="ARGS",
                         help="more options for shimmy serve, e.g. '--kv-cache-type bf16'")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a GGUF file (default: the embedded model)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     return parser.parse_args(argv)
+
+
+def chosen_model(args: argparse.Namespace) -> Path:
+    if args.model is not None:
+        return args.model
+    from shimmy.models.embedded import embedded_model_path
+
+    return embedded_model_path()
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from shimmy.models.embedded import embedded_model_path
-
-    model = embedded_model_path()
+    model = chosen_model(args)
     rng = random.Random(7)
     results = measure_all(servers(args, model, args.port), args, rng)
     bench = None if args.no_llama_bench else llama_bench(args, model)
     text = table(results, bench)
     print(text)
     command = ".venv/bin/python bench/run.py " + shlex.join(argv)
-    write_report(args.out, text, command.strip())
+    write_report(args.out, text, command.strip(), model)
     print(f"written to {args.out}")
     return 0
 
