@@ -73,10 +73,13 @@ cdef class BatchEngine:
     sit at the same places, and its sums run in the same order, whatever the other
     slots hold. Together with
     ``step()``'s prompt chunks, cut at fixed positions, this makes generation batch-
-    invariant. Sliding-window layers keep full-size caches too: a window cache is a
-    ring whose cell order depends on history, and its cells would be gone when a later
-    prompt wants to reuse the prefix. A finished slot keeps its cache, so a request
-    that shares a prefix with it (the next turn of a chat) reads only the rest of its
+    invariant. In the invariant profile sliding-window layers keep full-size caches
+    too: a window cache is a ring whose cell order depends on history (once it wraps,
+    a reused prefix leaves its cells elsewhere than a cold start would), and its old
+    cells are gone when a later prompt wants to reuse the prefix. The fast profile
+    caches those layers at their window (``swa_window``) and reuses what the window
+    still holds (``_reusable``). A finished slot keeps its cache, so a request that
+    shares a prefix with it (the next turn of a chat) reads only the rest of its
     prompt.
     """
 
@@ -89,6 +92,7 @@ cdef class BatchEngine:
     cdef readonly int n_slots
     cdef readonly int n_threads
     cdef int n_swa
+    cdef readonly bint swa_window  # sliding-window layers cache their window alone
     cdef vector[llama_token_data] candidates  # scratch for grammar-checked sampling
     cdef readonly int n_draft       # most tokens guessed ahead per step; 0: none
     cdef readonly uint64_t n_drafted   # guessed tokens decoded, and how many were right
@@ -125,7 +129,10 @@ cdef class BatchEngine:
         params.n_seq_max = n_slots
         params.kv_unified = False
         _set_kv_type(&params, kv_type)
-        params.swa_full = True
+        # the fast profile caches sliding-window layers at their window, as llama-server
+        # does: long prompts read faster and cells cost less; the invariant one keeps them
+        # whole (see the class's docstring)
+        params.swa_full = invariant
         self.model = model
         self.ctx = _open_context(model, params, n_threads, "a context")
         if model.loras.size():
@@ -152,6 +159,7 @@ cdef class BatchEngine:
         self.kv_type = kv_type
         self.exact_weights = exact_weights
         self.n_swa = llama_model_n_swa(model.ptr)
+        self.swa_window = self.n_swa > 0 and not invariant
         self.batch = llama_batch_init(params.n_batch, 0, 1)
         self.slots.resize(n_slots)
         for i in range(n_slots):
@@ -217,7 +225,9 @@ cdef class BatchEngine:
                 "draft": self.n_draft, "reuse_unit": 1 if self.exact_rows else self.n_batch,
                 "own_head": self.own_head, "head_checks": self.head_checks,
                 "rows_checked": self.rows_checked, "kv_type": self.kv_type,
-                "exact_weights": bool(self.exact_weights)}
+                "exact_weights": bool(self.exact_weights),
+                "swa_cache": ("window" if self.swa_window else "full") if self.n_swa > 0
+                else None}
 
     @property
     def own_head(self) -> bool:
@@ -283,7 +293,7 @@ cdef class BatchEngine:
         for i in range(self.slots.size()):
             if self.slots[i].state != IDLE:
                 continue
-            length = self._reusable(&self.slots[i], tokens)
+            length = self._reusable(&self.slots[i], i, tokens)
             if length < MIN_SLOT_REUSE:
                 length = 0
             if best < 0 or length > best_len:
@@ -294,7 +304,7 @@ cdef class BatchEngine:
         """How many of ``prompt``'s tokens the slot's cache would save reading (were the
         slot idle: for a busy one, what a copy of its cells would save)."""
         cdef vector[llama_token] tokens = prompt
-        return self._reusable(&self.slots[slot], tokens)
+        return self._reusable(&self.slots[slot], slot, tokens)
 
     def cached(self, int slot) -> list:
         """The tokens whose cells the slot's cache holds, in order."""
@@ -358,17 +368,32 @@ cdef class BatchEngine:
         s.n_read = s.cached.size()
         return True
 
-    cdef size_t _reusable(self, Slot * s, const vector[llama_token] & prompt) noexcept:
+    cdef size_t _reusable(self, Slot * s, int seq, const vector[llama_token] & prompt) noexcept:
         """How many of ``prompt``'s tokens the slot's cache can save reading (see
         ``_reuse_cache``). Where none can, the lowest idle slot wins: llama.cpp decodes
         the rows of consecutive slots together, and a gap between busy slots costs a
-        throw-away row (``_add_filler``) or a second pass over the weights."""
-        cdef size_t n = _common_prefix(s.cached, prompt)
-        n = min(n, prompt.size() - 1) if prompt.size() else 0
+        throw-away row (``_add_filler``) or a second pass over the weights.
+
+        Where sliding-window layers cache their window alone (``swa_window``), the cells
+        the rest of the prompt attends to must still be there: if they are not for the
+        whole chunks of prompt-read cells, the prefix is reused to the token (generated
+        cells included, as llama-server does), and if not even then, not at all."""
+        cdef size_t shared = _common_prefix(s.cached, prompt)
+        cdef size_t n
+        shared = min(shared, prompt.size() - 1) if prompt.size() else 0
         if self.exact_rows:
-            return n
-        n = min(n, s.n_read)
-        return n - n % self.n_batch
+            n = shared
+        else:
+            n = min(shared, s.n_read)
+            n -= n % self.n_batch
+        if self.swa_window and n > 0 and not self._window_kept(seq, n):
+            n = shared if self._window_kept(seq, shared) else 0
+        return n
+
+    cdef bint _window_kept(self, int seq, size_t n) noexcept:
+        """Whether the slot's window cache still holds what position ``n`` attends to."""
+        return llama_memory_seq_pos_min(llama_get_memory(self.ctx), seq) \
+            <= max(0, <long> n - self.n_swa)
 
     def start(self, int slot, list prompt, dict sampling, list stops, int max_tokens,
               bint ignore_eos=False, int logprobs=-1, bint reuse=True,
@@ -420,9 +445,8 @@ cdef class BatchEngine:
         ``n_batch``, so that the rest is read in exactly the chunks a cold start uses.
         """
         cdef llama_memory_t mem = llama_get_memory(self.ctx)
-        cdef size_t n = self._reusable(s, s.prompt) if reuse else 0
-        if n > 0 and self.n_swa > 0 and \
-                llama_memory_seq_pos_min(mem, slot) > max(0, <long> n - self.n_swa):
+        cdef size_t n = self._reusable(s, slot, s.prompt) if reuse else 0
+        if n > 0 and self.n_swa > 0 and not self._window_kept(slot, n):
             n = 0  # the sliding window the rest of the prompt needs has been dropped
         if n > 0 and not llama_memory_seq_rm(mem, slot, n, -1):
             n = 0

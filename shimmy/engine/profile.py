@@ -8,9 +8,11 @@ this machine. Their outcome is this profile; everything else reads it. ``shimmy 
 ``shimmy diag --json`` and ``/metrics`` report it.
 
 Two policies: ``fast``, the default, packs every busy slot's rows into one pass and
-reuses cached prefixes to the token, with llama.cpp's fastest kernels (as llama-server
-does; a request alone gives the same text each time, beside others it may differ in the
-last bits of its numbers); ``invariant`` (``--deterministic``) gives that up where the
+reuses cached prefixes as a cold start would read them, with llama.cpp's fastest kernels
+and sliding-window layers cached at their window (as llama-server does; a request alone
+gives the same text each time, except after reusing a prefix whose window cache has
+wrapped or had to be reused to the token; beside others it may differ in the last bits
+of its numbers); ``invariant`` (``--deterministic``) gives that up where the
 check fails, for a seed's text that does not depend on other requests.
 """
 
@@ -38,6 +40,9 @@ class EngineProfile:
     draft: int  # tokens a lone request guesses ahead per step; 0: none
     reuse_unit: int  # a reused prefix is cut to a multiple of this many tokens
     output_head: str  # "shimmy" or "llama.cpp": who computes the logits
+    # sliding-window layers cached at their "window" (fast) or "full" (invariant); None
+    # for a model without them
+    swa_cache: str | None
     checked: dict[str, Any]  # what warm-up compared, and what the caller vouched for
 
     @classmethod
@@ -51,6 +56,7 @@ class EngineProfile:
             rows_per_pass=facts["rows_per_pass"], draft=facts["draft"],
             reuse_unit=facts["reuse_unit"],
             output_head="shimmy" if facts["own_head"] else "llama.cpp",
+            swa_cache=facts["swa_cache"],
             checked={"invariant": facts["invariant"],
                      "rows_in_one_step": facts["rows_checked"],
                      "kv_type": facts["kv_type"],
