@@ -1,7 +1,7 @@
 """Benchmark shimmy against llama-server and llama-cpp-python's server, in one run.
 
     ./bench/build_peers.sh             # once: builds the peers into bench/.cache
-    .venv/bin/python bench/run.py      # measures, prints, writes docs/BENCHMARKS.md
+    .venv/bin/python bench/run.py      # measures and prints (--out FILE: also a report)
 
 Every server gets the same model (the embedded default), threads, per-slot context and
 slots, and runs alone on the machine, on the same port range; the servers take turns
@@ -434,7 +434,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="more options for shimmy serve, e.g. '--kv-cache-type bf16'")
     parser.add_argument("--model", type=Path, default=None,
                         help="a GGUF file (default: the embedded model)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the table and the command to this file")
     return parser.parse_args(argv)
 
 
@@ -456,8 +457,9 @@ def main(argv: list[str]) -> int:
     text = table(results, bench)
     print(text)
     command = ".venv/bin/python bench/run.py " + shlex.join(argv)
-    write_report(args.out, text, command.strip(), model)
-    print(f"written to {args.out}")
+    if args.out is not None:
+        write_report(args.out, text, command.strip(), model)
+        print(f"written to {args.out}")
     return 0
 
 
