@@ -1,6 +1,6 @@
 """A new long prompt read to its first token by the engine alone (no HTTP), per engine
-profile, cache type and prompt chunk: what ``--deterministic``, ``--kv-cache-type`` and
-``--batch-size`` cost.
+profile, cache type, prompt chunk and prompt rows per pass: what ``--deterministic``,
+``--kv-cache-type`` and ``--batch-size`` cost.
 
     .venv/bin/python bench/profiles.py [--tokens 4096] [--threads 2] [--repeats 3]
 
@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = [  # (profile, cache, chunk)
-    ("fast", "f16", 64), ("fast", "f16", 128), ("fast", "f16", 512),
-    ("invariant", "bf16", 64), ("invariant", "f16", 512),
+CONFIGS = [  # (profile, cache, chunk, prompt rows per pass); the defaults come first
+    ("fast", "f16", 64, 256), ("fast", "f16", 64, 64), ("fast", "f16", 64, 512),
+    ("invariant", "bf16", 64, 64), ("invariant", "f16", 512, 512),
 ]
 TEXT = "the river runs past a quiet town where people sell bread and fish "
 
 
-def one_run(profile: str, kv: str, chunk: int, tokens: int, threads: int) -> float:
+def one_run(profile: str, kv: str, chunk: int, rows: int, tokens: int, threads: int
+            ) -> float:
     sys.path.insert(0, str(ROOT))
     from shimmy.engine import library
     from shimmy.models.embedded import embedded_model_path
@@ -36,7 +37,7 @@ def one_run(profile: str, kv: str, chunk: int, tokens: int, threads: int) -> flo
     engine_module = library.load()
     model = engine_module.Model(str(embedded_model_path()))
     engine = engine_module.BatchEngine(model, tokens + 64, 2, threads, chunk, kv, 0, True,
-                                       True, deterministic)
+                                       True, deterministic, rows)
     engine.warm_up()
     prompt = model.tokenize(TEXT * (tokens // 10), True)[:tokens]
     started = time.perf_counter()
@@ -51,14 +52,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--one", nargs=3, metavar=("PROFILE", "CACHE", "CHUNK"),
+    parser.add_argument("--one", nargs=4, metavar=("PROFILE", "CACHE", "CHUNK", "ROWS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        profile, kv, chunk = args.one
-        print(json.dumps(one_run(profile, kv, int(chunk), args.tokens, args.threads)))
+        profile, kv, chunk, rows = args.one
+        print(json.dumps(one_run(profile, kv, int(chunk), int(rows), args.tokens,
+                                 args.threads)))
         return 0
-    seconds: dict[tuple[str, str, int], list[float]] = {config: [] for config in CONFIGS}
+    seconds: dict[tuple[str, str, int, int], list[float]] = {c: [] for c in CONFIGS}
     for _ in range(args.repeats):
         for config in CONFIGS:
             done = subprocess.run(
@@ -67,11 +69,11 @@ def main(argv: list[str]) -> int:
                 capture_output=True, text=True, check=True)
             seconds[config].append(float(done.stdout.strip().splitlines()[-1]))
     base = statistics.median(seconds[CONFIGS[0]])
-    print(f"| profile | cache | chunk | first token, {args.tokens}-token prompt (s) | "
-          "vs fast/f16/64 |\n|---|---|---|---|---|")
-    for (profile, kv, chunk), values in seconds.items():
+    print(f"| profile | cache | chunk | rows a pass | first token, {args.tokens}-token "
+          "prompt (s) | vs the default |\n|---|---|---|---|---|---|")
+    for (profile, kv, chunk, rows), values in seconds.items():
         median = statistics.median(values)
-        print(f"| {profile} | {kv} | {chunk} | {median:.1f} | {median / base:.2f} |")
+        print(f"| {profile} | {kv} | {chunk} | {rows} | {median:.1f} | {median / base:.2f} |")
     return 0
 
 

@@ -53,7 +53,16 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] && [ -x .venv/bin/shimmy ];
     exit 0
 fi
 rm -f "$stamp_file"
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# pip's notes and the build back-end's warnings go to a log, shown only if pip fails
+pip_log=.venv/pip.log
+: > "$pip_log"
+pip() {
+    if ! .venv/bin/python -m pip --disable-pip-version-check -q "$@" >>"$pip_log" 2>&1; then
+        tail -n 30 "$pip_log" >&2
+        echo "pip $1 failed; its whole output is in $pip_log" >&2
+        return 1
+    fi
+}
 # a header for each slow step, and the seconds it took once it is done
 step() { step_started=$SECONDS; echo "==> $*" >&2; }
 step_done() { echo "    done in $((SECONDS - step_started)) s" >&2; }

@@ -237,9 +237,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                         help="KV cache element type: f16 (default; bf16 with "
                              "--deterministic), bf16 or q8_0 (half the memory)")
     parser.add_argument("--batch-size", type=int, metavar="N",
-                        help="prompt tokens read per chunk (default 512; 64 with "
-                             "--deterministic, where it is also the unit of prefix reuse "
-                             "if rows do not round alike)")
+                        help="prompt tokens per chunk, the unit of prefix reuse where "
+                             "rows do not round alike (default 64); a pass reads up to "
+                             "256 prompt tokens, or N if larger (64 with --deterministic)")
     parser.add_argument("--draft", type=int, metavar="N",
                         help="tokens a lone request guesses ahead from its own text and "
                              "checks in the same step (default 3, 0 turns it off; with "

@@ -26,7 +26,10 @@ POOL_ENV = {"keep_alive": "SHIMMY_KEEP_ALIVE", "max_models": "SHIMMY_MAX_MODELS"
 MODEL_ALIAS_ENV = "SHIMMY_MODEL_ALIAS"
 DETERMINISTIC_ENV = "SHIMMY_DETERMINISTIC"
 # the profiles' own cache types and prompt chunks, where no flag names them
-PROFILE_DEFAULTS = {False: ("f16", 64), True: ("bf16", 64)}  # keyed by deterministic
+# KV cache type, prompt chunk (the unit of reuse where rows do not round alike) and prompt
+# rows per pass, keyed by deterministic: 256 rows a pass read a prompt about 13% faster
+# than 64 here (docs/BENCHMARKS.md); the invariant engine keeps its 64-row passes
+PROFILE_DEFAULTS = {False: ("f16", 64, 256), True: ("bf16", 64, 64)}
 RPC_ENV = "SHIMMY_RPC"  # --rpc's workers when no flag is given
 DEFAULT_MEMORY_FRACTION = 0.8  # of physical memory, when no --memory-budget is given
 DEFAULT_PROMPT_CACHE = 256 * 1024**2  # bytes of slots' cells kept per model by `serve`
@@ -51,7 +54,7 @@ class Config:
     tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per RPC device
     kv_cache_type: str | None = None  # None: the profile's (f16; deterministic: bf16)
     draft: int = 3
-    batch_size: int | None = None  # prompt tokens per chunk; None: 512, deterministic 64
+    batch_size: int | None = None  # prompt tokens per chunk; None: 64
     deterministic: bool = False  # the batch-invariant engine profile
     max_tokens: int = 0  # the most tokens one answer may generate; 0: what the context leaves
     verbose: bool = False
@@ -212,11 +215,13 @@ class Config:
         return self.threads or physical_cores()
 
     def engine_settings(self) -> EngineSettings:
-        kv_type, batch = PROFILE_DEFAULTS[self.deterministic]
+        kv_type, batch, ubatch = PROFILE_DEFAULTS[self.deterministic]
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type or kv_type,
                               draft=self.draft, prompt_cache=self.prompt_cache,
-                              batch=self.batch_size or batch, max_tokens=self.max_tokens,
+                              batch=self.batch_size or batch,
+                              ubatch=max(ubatch, self.batch_size or batch),
+                              max_tokens=self.max_tokens,
                               deterministic=self.deterministic, rpc=self.rpc,
                               tensor_split=self.tensor_split)
 

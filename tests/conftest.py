@@ -31,7 +31,7 @@ SLOW_FILES = frozenset({
     "test_agent_clis.py", "test_agent_requests.py", "test_balancer.py", "test_binary.py",
     "test_engine_faults.py", "test_engine_invariance.py",
     "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_profiles.py",
-    "test_prompt_cache.py",
+    "test_prompt_cache.py", "test_prompt_passes.py",
     "test_reliability.py", "test_reliability_load.py", "test_request_life.py",
     "test_speculation.py", "test_web_chat.py",
 })

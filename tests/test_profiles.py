@@ -39,6 +39,7 @@ def test_probe_and_diag_name_the_profile(name: str, tmp_path: Path) -> None:
     # where the load-time check finds rows rounding alike
     assert profile["packed"] is (name == "fast" or profile["exact_rows"])
     assert profile["reuse_unit"] == (1 if profile["exact_rows"] else 64)
+    assert profile["prompt_rows"] == (64 if name == "invariant" else 256)
     diag = run_json(tmp_path, "diag", *PROFILES[name])
     assert diag["llama_cpp"]["engine_profile"]["name"] == name
     assert diag["llama_cpp"]["engine_profile"]["tiled_kquant_kernel"] == \

@@ -89,6 +89,8 @@ cdef class BatchEngine:
     cdef vector[Slot] slots
     cdef readonly int n_ctx
     cdef readonly int n_batch
+    cdef readonly int n_ubatch      # rows of one pass over the weights at most
+    cdef readonly size_t read_budget  # prompt rows per step at most (packed steps)
     cdef readonly int n_slots
     cdef readonly int n_threads
     cdef int n_swa
@@ -117,15 +119,22 @@ cdef class BatchEngine:
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
                   str kv_type="f16", int n_draft=0, bint exact_weights=False,
-                  bint own_head=True, bint invariant=True):
+                  bint own_head=True, bint invariant=True, int n_ubatch=0):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         self.head = shimmy_head_new(n_threads)
         self.head_attached = own_head and shimmy_head_attach(&params, self.head)
         params.n_ctx = n_ctx * n_slots
-        params.n_ubatch = max(n_batch, n_slots)
+        # a pass reads up to n_ubatch prompt rows (n_batch, the unit of chunks and of
+        # reuse, by default): one pass over the weights for more rows reads prompts
+        # faster, and a row's numbers do not depend on how many rows share its pass
+        # once it is one of 8 or more (see _read_len)
+        self.n_ubatch = max(n_ubatch, n_batch)
+        self.read_budget = max(READ_CHUNKS * n_batch, self.n_ubatch)
+        params.n_ubatch = max(self.n_ubatch, n_slots)
         # packed, a step is one batch: every slot's rows and prompt chunks
-        params.n_batch = READ_CHUNKS * params.n_ubatch + n_slots + MAX_SEQ_ROWS
+        params.n_batch = max(self.read_budget, READ_CHUNKS * params.n_ubatch) \
+            + n_slots + MAX_SEQ_ROWS
         params.n_seq_max = n_slots
         params.kv_unified = False
         _set_kv_type(&params, kv_type)
@@ -223,6 +232,7 @@ cdef class BatchEngine:
         return {"exact_rows": bool(self.exact_rows), "rows_per_pass": self.pass_rows,
                 "invariant": bool(self.invariant), "packed": bool(self.packed),
                 "draft": self.n_draft, "reuse_unit": 1 if self.exact_rows else self.n_batch,
+                "prompt_rows": self.n_ubatch,
                 "own_head": self.own_head, "head_checks": self.head_checks,
                 "rows_checked": self.rows_checked, "kv_type": self.kv_type,
                 "exact_weights": bool(self.exact_weights),

@@ -46,6 +46,7 @@ class EngineSettings:
     threads: int = 2
     gpu_layers: int = 0
     batch: int = 64  # prompt chunk; where rows do not round alike, the unit of reuse
+    ubatch: int = 64  # prompt rows per pass over the weights at most (>= batch)
     use_mmap: bool = True
     kv_type: str = "f16"  # deterministic: bf16 and q8_0 decode with flash attention
     draft: int = 3  # tokens guessed ahead per step (deterministic: bf16 and q8_0 only)
@@ -168,7 +169,8 @@ class LoadedModel:
         self.engine = engine_module.BatchEngine(
             self.model, n_ctx, settings.parallel, settings.threads,
             min(settings.batch, n_ctx), settings.kv_type, settings.draft,
-            exact_weights(self.info, loras), own_head, settings.deterministic)
+            exact_weights(self.info, loras), own_head, settings.deterministic,
+            min(settings.ubatch, n_ctx))
         compute.run(self.engine.warm_up)
 
     @property

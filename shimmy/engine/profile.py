@@ -39,6 +39,7 @@ class EngineProfile:
     rows_per_pass: int  # generating slots per llama_decode at most
     draft: int  # tokens a lone request guesses ahead per step; 0: none
     reuse_unit: int  # a reused prefix is cut to a multiple of this many tokens
+    prompt_rows: int  # prompt tokens one pass over the weights reads at most
     output_head: str  # "shimmy" or "llama.cpp": who computes the logits
     # sliding-window layers cached at their "window" (fast) or "full" (invariant); None
     # for a model without them
@@ -54,7 +55,7 @@ class EngineProfile:
             name=INVARIANT if facts["invariant"] else FAST, exact_rows=facts["exact_rows"],
             packed=facts["packed"],
             rows_per_pass=facts["rows_per_pass"], draft=facts["draft"],
-            reuse_unit=facts["reuse_unit"],
+            reuse_unit=facts["reuse_unit"], prompt_rows=facts["prompt_rows"],
             output_head="shimmy" if facts["own_head"] else "llama.cpp",
             swa_cache=facts["swa_cache"],
             checked={"invariant": facts["invariant"],

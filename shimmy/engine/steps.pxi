@@ -18,9 +18,9 @@ cdef enum:
     # idle slots between busy ones that get a throw-away row each to keep a step in one
     # pass (a row without logits costs a fraction of the second pass a gap causes)
     MAX_FILLER_ROWS = 3
-    # prompt tokens read per step at most, in chunks of n_batch (packed steps): prompts
-    # that arrive together are read together, and a decoding stream waits at most about
-    # twice a chunk's time for its next token while long prompts are read
+    # prompt tokens read per step at most, in chunks of n_batch (packed steps), or
+    # n_ubatch if more: prompts that arrive together are read together, and a decoding
+    # stream waits at most that many prompt rows' time for its next token
     READ_CHUNKS = 2
     # a shared prefix shorter than this does not choose a slot over a lower one (see
     # choose_slot): busy slots stay packed low, where they share a pass
@@ -171,6 +171,26 @@ cdef int32_t _add_prompt_tokens(BatchEngine self, llama_batch * b, Slot * s, int
     return row if s.n_prefilled == s.prompt.size() else -1
 
 
+cdef size_t _read_len(BatchEngine self, Slot * s, size_t budget) noexcept:
+    """The prompt tokens the slot reads in this packed step, ``budget`` at most: up to
+    a multiple of ``n_batch`` (where a reused prefix ended, a cold start also cut),
+    and the prompt's last chunk in a step of its own. Rows of 8 or more in a pass get
+    the same numbers however many share it (the tiled kernel takes them all), but a
+    last chunk of fewer rows would go through another kernel when a cached prefix
+    leaves it alone than when a cold start reads it behind earlier rows."""
+    cdef size_t size = s.prompt.size()
+    cdef size_t start = s.n_prefilled
+    cdef size_t chunk = <size_t> self.n_batch
+    cdef size_t last_chunk = (size - 1) // chunk * chunk
+    cdef size_t end
+    if budget < chunk:
+        return min(_chunk_len(self, s), budget)
+    end = min(size, (start + budget) // chunk * chunk)
+    if start < last_chunk and end > last_chunk:
+        end = last_chunk
+    return end - start
+
+
 cdef size_t _chunk_len(BatchEngine self, Slot * s) noexcept:
     """The prompt tokens of the slot's next chunk: up to the next multiple of
     ``n_batch``, wherever the reused prefix ended."""
@@ -193,7 +213,7 @@ cdef int _fill_step(BatchEngine self) except -1:
     cdef Slot * s
     cdef int first = -1, last = -1, decoding = 0, idle = 0
     cdef int n = <int> self.slots.size()
-    cdef size_t budget = READ_CHUNKS * self.n_batch
+    cdef size_t budget = self.read_budget
     cdef vector[size_t] reading
     reading.assign(n, 0)
     b.n_tokens = 0
@@ -203,7 +223,7 @@ cdef int _fill_step(BatchEngine self) except -1:
         if _decodes(self, s):
             decoding += 1
         elif s.state == PREFILL and budget > 0:
-            reading[i] = min(_chunk_len(self, s), budget)
+            reading[i] = _read_len(self, s, budget)
             budget -= reading[i]
         else:
             continue
