@@ -200,17 +200,22 @@ cdef class BatchEngine:
         (``exact_rows``). Where they do not, busy slots share one pass, a lone request
         guesses ahead, and a prompt reuses any cached prefix; where they do, slots go
         ``FALLBACK_PASS_ROWS`` to a pass and nothing is guessed. Without ``invariant``
-        nothing is checked: the engine runs ``packed``, as llama-server does.
+        the engine runs ``packed`` either way, as llama-server does, and the check
+        decides only how far a cached prefix is reused (to the token, or in chunks).
 
         The same decodes check the output head (``output_head.h``) against ggml's
         product, row by row and bit by bit; it computes the logits from then on only
         where every row agreed, in one-row and in several-row products."""
         if self.head_attached:
             self.head.mode = OUTPUT_HEAD_PROBE
-        if self.per_row_attention and self.n_ctx >= 2 * CHECK_ROWS:
+        # the invariant profile does not count on f16's plain attention (one row and
+        # several may go through different kernels, and rows of several sequences are
+        # not checked); the fast one asks only that a request alone reuse cells as a cold
+        # start computes them, which the check shows for any cache type on this CPU
+        if (self.per_row_attention or not self.invariant) and self.n_ctx >= 2 * CHECK_ROWS:
             self.exact_rows = self._rows_agree()
             self.rows_checked = CHECK_ROWS
-        else:  # f16's plain attention fails the check; a context too small cannot run it
+        else:  # a context too small cannot run the check
             self._decode_probe(1)
         self.packed = self.exact_rows or not self.invariant
         if not self.packed:

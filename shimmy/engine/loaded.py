@@ -140,10 +140,12 @@ class LoadedModel:
         if self.engine is not None:
             self.profile = EngineProfile.measured(self.engine)
             _inject_faults(self.engine)
-            # cells are copied only where a row rounds alike in any step
+            # cells are copied only where a row rounds alike in any step, and not out of
+            # sliding-window rings (a ring's copy holds only its window; not tried)
+            copies = self.profile.exact_rows and self.profile.swa_cache != "window"
             cells = PromptCache(settings.prompt_cache) \
-                if settings.prompt_cache > 0 and self.profile.exact_rows else None
-            self.scheduler = Scheduler(self.engine, name, cells, self.profile.exact_rows)
+                if settings.prompt_cache > 0 and copies else None
+            self.scheduler = Scheduler(self.engine, name, cells, copies)
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,
