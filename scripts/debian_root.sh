@@ -23,7 +23,12 @@ fi
 
 mirror() {
     # the first Debian archive named in apt's sources (one-line or deb822 format)
-    local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
+    local files=() file
+    for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+                /etc/apt/sources.list.d/*.sources; do
+        [ -f "$file" ] && files+=("$file")  # sed fails on a missing one (pipefail)
+    done
+    [ ${#files[@]} -gt 0 ] || return 0
     {
         sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\(\S*\) bookworm .*/\2/p' "${files[@]}" 2>/dev/null
         sed -n 's/^URIs: *\(\S*\/debian\)\/\{0,1\}$/\1/p' "${files[@]}" 2>/dev/null
