@@ -27,7 +27,7 @@ MODEL_ALIAS_ENV = "SHIMMY_MODEL_ALIAS"
 DETERMINISTIC_ENV = "SHIMMY_DETERMINISTIC"
 # the profiles' own cache types and prompt chunks, where no flag names them
 # KV cache type, prompt chunk (the unit of reuse where rows do not round alike) and prompt
-# rows per pass, keyed by deterministic: 256 rows a pass read a prompt about 13% faster
+# rows per pass, keyed by deterministic: 256 rows a pass read a prompt about 15% faster
 # than 64 here (docs/BENCHMARKS.md); the invariant engine keeps its 64-row passes
 PROFILE_DEFAULTS = {False: ("f16", 64, 256), True: ("bf16", 64, 64)}
 RPC_ENV = "SHIMMY_RPC"  # --rpc's workers when no flag is given
