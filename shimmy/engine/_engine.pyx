@@ -132,9 +132,9 @@ cdef class BatchEngine:
         self.n_ubatch = max(n_ubatch, n_batch)
         self.read_budget = max(READ_CHUNKS * n_batch, self.n_ubatch)
         params.n_ubatch = max(self.n_ubatch, n_slots)
-        # packed, a step is one batch: every slot's rows and prompt chunks
-        params.n_batch = max(self.read_budget, READ_CHUNKS * params.n_ubatch) \
-            + n_slots + MAX_SEQ_ROWS
+        # packed, a step is one batch: its prompt rows, a row of every other slot and
+        # a lone slot's guesses
+        params.n_batch = self.read_budget + n_slots + MAX_SEQ_ROWS
         params.n_seq_max = n_slots
         params.kv_unified = False
         _set_kv_type(&params, kv_type)
