@@ -2,7 +2,8 @@
 # Builds the single-file binary dist/shimmy and the one-folder build dist/shimmy-dir/.
 #
 # It works apart from the development .venv: its own virtual environment (build/dist-venv)
-# gets the portable llama.cpp wheel (scripts/portable_wheel.sh: built once, then cached),
+# gets the portable llama.cpp wheel with every CPU variant (scripts/llama_wheel.py: built
+# once, then cached; where scripts/setup.sh built this CPU's part, the rest),
 # the engine is compiled against it in a staging copy of the sources (build/binary/src),
 # and PyInstaller bundles that copy with build.spec. Needs what scripts/setup.sh needs
 # (Python 3.11+ with venv, a C/C++ compiler, PyPI) plus CMake; the first run compiles
@@ -14,8 +15,8 @@ python=${PYTHON:-python3}
 venv=build/dist-venv
 stage=build/binary/src
 
-wheel=$(./scripts/portable_wheel.sh)
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+wheel=$("$venv/bin/python" scripts/llama_wheel.py --variants all)
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip setuptools wheel "Cython>=3.0"
 # the portable wheel, even where pip's cache holds a native build of the same version
@@ -23,12 +24,6 @@ installed=$(cat "$venv/.llama-wheel" 2>/dev/null || true)
 if [ "$installed" != "$wheel" ]; then
     pip install --force-reinstall --no-deps "$wheel"
     echo "$wheel" > "$venv/.llama-wheel"
-fi
-# llama.cpp's RPC backend beside the CPU variants (build.spec bundles every libggml-*.so there)
-if rpc=$(PYTHON="$venv/bin/python" ./scripts/rpc_backend.sh); then
-    cp "$rpc" "$venv"/lib/python3*/site-packages/bin/
-else
-    echo "note: llama.cpp's RPC backend did not build; the binary will lack --rpc" >&2
 fi
 # shimmy's runtime dependencies (pyproject.toml's, less llama-cpp-python) and its dist extra
 pip install "h11>=0.16" "wsproto>=1.2" "jinja2>=3.1" "pyinstaller>=6.10,<7"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up .venv: shimmy with its compiled engine, the embedded default model and the
-# test tools. Safe to rerun. llama.cpp (llama-cpp-python) is compiled once, portable, with
-# every CPU variant, exactly as the single-file binary carries it (docs/DISTRIBUTION.md;
-# 12-35 minutes on two cores), then comes from ~/.cache/shimmy/wheels.
+# test tools. Safe to rerun. llama.cpp (llama-cpp-python's sources) is compiled once by
+# scripts/llama_wheel.py, portable, as the single-file binary carries it: on a fresh
+# machine its core and the one CPU variant this CPU loads (about 3 minutes on two cores),
+# the whole set where scripts/build_binary.sh built it (docs/DISTRIBUTION.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +44,8 @@ fi
 # Python) has nothing to do: the stamp written at the end says what the last run set up
 stamp_file=.venv/.shimmy-setup
 stamp=$( { "$python" --version
-           PYTHON="$python" ./scripts/portable_wheel.sh --cached || echo "no wheel yet"
-           cat scripts/setup.sh scripts/portable_wheel.sh scripts/rpc_backend.sh \
+           "$python" scripts/llama_wheel.py --cached || echo "no wheel yet"
+           cat scripts/setup.sh scripts/llama_wheel.py \
                pyproject.toml setup.py shimmy/engine/*.pyx shimmy/engine/*.pxi \
                shimmy/engine/*.h; } | sha256sum | cut -c 1-16)
 if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] && [ -x .venv/bin/shimmy ]; then
@@ -67,22 +68,15 @@ pip() {
 step() { step_started=$SECONDS; echo "==> $*" >&2; }
 step_done() { echo "    done in $((SECONDS - step_started)) s" >&2; }
 
-step "llama.cpp: the portable llama-cpp-python wheel (built once, then cached)"
+step "llama.cpp: libllama and ggml's CPU variant for this CPU (built once, then cached)"
 pip install --upgrade pip setuptools wheel "Cython>=3.0"
-# the portable build (scripts/portable_wheel.sh), also over a native build of that version
-wheel=$(PYTHON="$python" ./scripts/portable_wheel.sh)
-if ! ls .venv/lib/python3*/site-packages/bin/libggml-cpu-x64.so >/dev/null 2>&1; then
+wheel=$(.venv/bin/python scripts/llama_wheel.py --variants this)
+# the wheel itself, even over another build of the same version (pip would keep that one)
+if [ "$(cat .venv/.llama-wheel 2>/dev/null)" != "$wheel" ]; then
     pip install --force-reinstall --no-deps "$wheel"
+    echo "$wheel" > .venv/.llama-wheel
 fi
 pip install "$wheel"
-# llama.cpp's RPC backend, one loadable module built from the same sources, beside the CPU
-# variants (scripts/rpc_backend.sh, about a minute once; docs/RPC.md)
-if rpc=$(PYTHON=.venv/bin/python ./scripts/rpc_backend.sh); then
-    cp "$rpc" .venv/lib/python3*/site-packages/bin/
-else
-    echo "note: llama.cpp's RPC backend did not build: --rpc and rpc-worker are unavailable," \
-         "and their tests are skipped" >&2
-fi
 step_done
 step "Python packages: shimmy (compiling its engine) and the test tools"
 # no build isolation: the engine compiles against the llama.cpp just installed here

@@ -125,7 +125,7 @@ def _rpc_env(home: Path) -> dict[str, str]:
         module = os.environ.get(library.RPC_BACKEND_ENV)
         if not module:
             pytest.skip("llama.cpp's RPC backend (libggml-rpc.so) is not installed beside the "
-                        "CPU variants: scripts/setup.sh builds it with scripts/rpc_backend.sh "
+                        "CPU variants: scripts/setup.sh builds it with scripts/llama_wheel.py "
                         f"(or set {library.RPC_BACKEND_ENV})")
         extra[library.RPC_BACKEND_ENV] = module
     return isolated_env(home, **extra)

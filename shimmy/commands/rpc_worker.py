@@ -28,7 +28,7 @@ def rpc_worker(config: Config, args: argparse.Namespace) -> int:
     engine = library.load()
     if not engine.rpc_available():
         print("rpc-worker: llama.cpp's RPC backend (libggml-rpc.so) is not installed: "
-              "scripts/setup.sh builds it (scripts/rpc_backend.sh)", file=sys.stderr)
+              "scripts/setup.sh builds it (scripts/llama_wheel.py)", file=sys.stderr)
         return 1
     try:
         cache = _cache_dir(args.cache)

@@ -109,7 +109,7 @@ def _register(endpoints: tuple[str, ...]) -> list[int]:
     engine = library.load()
     if not engine.rpc_available():
         raise RpcError("llama.cpp's RPC backend (libggml-rpc.so) is not installed: "
-                       "scripts/setup.sh builds it with scripts/rpc_backend.sh "
+                       "scripts/setup.sh builds it into the llama.cpp wheel "
                        f"(or set {library.RPC_BACKEND_ENV} to one)")
     for endpoint in endpoints:
         if not _holders[endpoint]:
