@@ -2,7 +2,7 @@
 """Build llama.cpp from llama-cpp-python's source distribution and make the wheel shimmy
 installs; print the wheel's path.
 
-    llama_wheel.py [--variants this|all] [--cached]
+    llama_wheel.py [--variants this|all] [--cached | --sources]
 
 The sources are the pinned llama-cpp-python's own (its ``vendor/llama.cpp``), built
 portable: no ``-march=native``, ggml's CPU backend as one loadable module per x86-64
@@ -27,7 +27,9 @@ installed at the pinned version. Kept under ``~/.cache/shimmy/llama/<key>``, the
 covering the version, the CMake arguments and the compiler. ``SHIMMY_EXTRA_CMAKE_ARGS``
 adds CMake arguments to both trees (e.g. ``-DGGML_CUDA=on``, untested); ``SHIMMY_BUILD_JOBS``
 sets the compile jobs (default: the CPU count). With ``--cached`` it only prints the path
-of a wheel built before, or exits with status 1. Standard library only.
+of a wheel built before, or exits with status 1; with ``--sources`` it only fetches the
+sources (a set-up does that before it downloads anything else, so that the two do not
+share the network). Standard library only.
 """
 
 from __future__ import annotations
@@ -325,18 +327,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="this CPU's variant (or every one, where built), or every one")
     parser.add_argument("--cached", action="store_true",
                         help="only print the path of a wheel built before")
+    parser.add_argument("--sources", action="store_true",
+                        help="only fetch the sources, where no wheel is cached")
     args = parser.parse_args(argv)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shimmy"
     build = Build(cache, shlex.split(os.environ.get("SHIMMY_EXTRA_CMAKE_ARGS", "")))
-    if args.cached:
+    if args.cached or args.sources:
         flags = cpu_flags()
         names = ["all"] if args.variants == "all" or flags is None else [
             "all", best_variant(flags)]
-        for name in names:
-            if build.wheel(name).is_file():
-                print(build.wheel(name))
-                return 0
-        return 1
+        cached = [build.wheel(name) for name in names if build.wheel(name).is_file()]
+        if args.cached:
+            if cached:
+                print(cached[0])
+            return 0 if cached else 1
+        if not cached:
+            build.fetch_sources()
+        return 0
     print(build_wheel(build, args.variants))
     return 0
 

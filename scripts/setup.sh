@@ -80,7 +80,8 @@ step_done() { echo "    done in $((SECONDS - step_started)) s" >&2; }
 step "llama.cpp: libllama and ggml's CPU variant for this CPU (built once, then cached)"
 pip install --upgrade pip setuptools wheel "Cython>=3.0"
 # shimmy's other dependencies and the test tools download and install while llama.cpp
-# compiles: all of pyproject.toml's but llama-cpp-python, which is built here
+# compiles (after its sources have downloaded, alone on the network): all of
+# pyproject.toml's but llama-cpp-python, which is built here
 requirements=.venv/requirements.txt
 .venv/bin/python - > "$requirements" <<'EOF'
 import tomllib
@@ -91,6 +92,7 @@ for requirement in [*project["dependencies"], *extras["model"], *extras["test"]]
     if not requirement.startswith("llama-cpp-python"):
         print(requirement)
 EOF
+.venv/bin/python scripts/llama_wheel.py --variants this --sources
 ( pip_log=.venv/pip-packages.log; : > "$pip_log"; pip install -r "$requirements" ) &
 packages_pid=$!
 if ! wheel=$(.venv/bin/python scripts/llama_wheel.py --variants this); then
