@@ -211,12 +211,18 @@ class Build:
             self.compile("modules", ["ggml"], "llama.cpp: every CPU variant")
             return sorted(path for path in (build / "bin").glob("libggml-*.so")
                           if path.name not in ("libggml-base.so",))
-        wanted = [f"ggml-cpu-{name}" for name in variants] + ["ggml-rpc"]
+        wanted = [f"ggml-cpu-{name}" for name in variants] + ["ggml-rpc"] + self.gpu_modules()
         missing = [name for name in wanted if not (build / "bin" / f"lib{name}.so").is_file()]
         if missing:
             self.compile("modules", missing, f"llama.cpp: the {', '.join(variants)} CPU "
                          "variant and the RPC backend")
         return [build / "bin" / f"lib{name}.so" for name in wanted]
+
+    def gpu_modules(self) -> list[str]:
+        """The GPU backends the extra CMake arguments turn on (-DGGML_CUDA=on: ggml-cuda)."""
+        found = (re.fullmatch(r"-DGGML_(CUDA|VULKAN|HIP|SYCL|OPENCL)=(?i:on|1|true|yes)",
+                              arg) for arg in self.extra_args)
+        return [f"ggml-{match.group(1).lower()}" for match in found if match]
 
     # the wheel
 

