@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Run a long build (``pip wheel -v`` of llama-cpp-python), keep its whole output in a
-log file, and show how far it is instead of its thousands of lines.
+"""Run a long build (llama.cpp's ``cmake --build`` from scripts/llama_wheel.py, or a
+``pip wheel -v``), keep its whole output in a log file, and show how far it is instead of
+its thousands of lines.
 
     build_progress.py --log FILE [--what NAME] -- COMMAND...
 
