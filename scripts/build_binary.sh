@@ -6,8 +6,8 @@
 # once, then cached; where scripts/setup.sh built this CPU's part, the rest),
 # the engine is compiled against it in a staging copy of the sources (build/binary/src),
 # and PyInstaller bundles that copy with build.spec. Needs what scripts/setup.sh needs
-# (Python 3.11+ with venv, a C/C++ compiler, PyPI) plus CMake; the first run compiles
-# llama.cpp with all its CPU variants, later runs take about a minute.
+# (Python 3.11+ with venv, a C/C++ compiler, PyPI); the first run compiles llama.cpp's
+# CPU variants (about 6 minutes after setup.sh's part), later runs take about a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
