@@ -133,11 +133,11 @@ class Build:
         self.jobs = os.environ.get("SHIMMY_BUILD_JOBS") or str(os.cpu_count() or 2)
 
     def key(self) -> str:
-        compiler = subprocess.run(["c++", "--version"], capture_output=True, text=True,
-                                  check=False).stdout.splitlines()[:1] if shutil.which(
-                                      "c++") else ["none"]
-        parts = [VERSION, *SHARED_ARGS, *CORE_ARGS, *MODULE_ARGS, *self.extra_args,
-                 *compiler]
+        compiler = "none"
+        if shutil.which("c++"):
+            compiler = subprocess.run(["c++", "--version"], capture_output=True, text=True,
+                                      check=False).stdout.partition("\n")[0]
+        parts = [VERSION, *SHARED_ARGS, *CORE_ARGS, *MODULE_ARGS, *self.extra_args, compiler]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def wheel(self, variants: str) -> Path:
