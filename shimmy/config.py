@@ -219,8 +219,7 @@ class Config:
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type or kv_type,
                               draft=self.draft, prompt_cache=self.prompt_cache,
-                              batch=self.batch_size or batch,
-                              ubatch=max(ubatch, self.batch_size or batch),
+                              batch=self.batch_size or batch, ubatch=ubatch,
                               max_tokens=self.max_tokens,
                               deterministic=self.deterministic, rpc=self.rpc,
                               tensor_split=self.tensor_split)

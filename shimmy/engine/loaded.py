@@ -46,7 +46,7 @@ class EngineSettings:
     threads: int = 2
     gpu_layers: int = 0
     batch: int = 64  # prompt chunk; where rows do not round alike, the unit of reuse
-    ubatch: int = 64  # prompt rows per pass over the weights at most (>= batch)
+    ubatch: int = 64  # prompt rows per pass over the weights at most (batch, if larger)
     use_mmap: bool = True
     kv_type: str = "f16"  # deterministic: bf16 and q8_0 decode with flash attention
     draft: int = 3  # tokens guessed ahead per step (deterministic: bf16 and q8_0 only)
