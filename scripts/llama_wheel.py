@@ -306,25 +306,31 @@ def fail(text: str) -> None:
     raise SystemExit(1)
 
 
-def build_wheel(build: Build, variants: str) -> Path:
+def wheel_names(variants: str) -> list[str]:
+    """The wheels that serve ``--variants``, the best first; the last is the one to build.
+
+    A CPU whose flags cannot be read gets every variant (no way to tell which it loads)."""
     flags = cpu_flags()
-    if variants == "this" and flags is None:
-        variants = "all"  # no way to tell which variant this CPU loads: build them all
-    if variants == "this" and build.wheel("all").is_file():
-        return build.wheel("all")
-    chosen = best_variant(flags) if variants == "this" else None
-    name = chosen or "all"
-    if build.wheel(name).is_file():
-        return build.wheel(name)
+    if variants == "all" or flags is None:
+        return ["all"]
+    return ["all", best_variant(flags)]
+
+
+def build_wheel(build: Build, variants: str) -> Path:
+    names = wheel_names(variants)
+    for name in names:
+        if build.wheel(name).is_file():
+            return build.wheel(name)
+    name = names[-1]
     build.fetch_sources()
-    if chosen:
+    if name != "all":
         note(f"building llama.cpp (llama-cpp-python {VERSION}) for this CPU first: its core "
-             f"and the '{chosen}' CPU variant; the other variants are built when the "
+             f"and the '{name}' CPU variant; the other variants are built when the "
              "single-file binary is (scripts/build_binary.sh)")
     else:
         note(f"building llama.cpp (llama-cpp-python {VERSION}) with every CPU variant")
     core = build.core()
-    modules = build.modules([chosen] if chosen else None)
+    modules = build.modules(None if name == "all" else [name])
     return build.make_wheel(name, modules, core)
 
 
@@ -340,10 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shimmy"
     build = Build(cache, shlex.split(os.environ.get("SHIMMY_EXTRA_CMAKE_ARGS", "")))
     if args.cached or args.sources:
-        flags = cpu_flags()
-        names = ["all"] if args.variants == "all" or flags is None else [
-            "all", best_variant(flags)]
-        cached = [build.wheel(name) for name in names if build.wheel(name).is_file()]
+        cached = [build.wheel(name) for name in wheel_names(args.variants)
+                  if build.wheel(name).is_file()]
         if args.cached:
             if cached:
                 print(cached[0])
