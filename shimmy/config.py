@@ -53,6 +53,7 @@ class Config:
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers, HOST:PORT (docs/RPC.md)
     tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per RPC device
     kv_cache_type: str | None = None  # None: the profile's (f16; deterministic: bf16)
+    flash_attn: bool = False  # flash attention over an f16 cache too (as llama-server's)
     draft: int = 3
     batch_size: int | None = None  # prompt tokens per chunk; None: 64
     deterministic: bool = False  # the batch-invariant engine profile
@@ -89,7 +90,7 @@ class Config:
         for dirs in getattr(args, "model_dirs", None) or ():
             config.model_dirs.extend(Path(d).expanduser() for d in dirs.split(";") if d)
         for name in ("parallel", "ctx", "threads", "gpu_layers", "kv_cache_type", "draft",
-                     "batch_size"):
+                     "batch_size", "flash_attn"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
         config.deterministic = bool(getattr(args, "deterministic", False)) or \
@@ -184,6 +185,10 @@ class Config:
         if self.kv_cache_type is not None and self.kv_cache_type not in KV_CACHE_TYPES:
             raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
                               + ", ".join(KV_CACHE_TYPES))
+        if self.flash_attn and self.deterministic:
+            raise ConfigError("--flash-attn with --deterministic: flash attention over an f16 "
+                              "cache is not batch-invariant (the invariant profile runs "
+                              "flash attention over its bf16 and q8_0 caches already)")
         if self.batch_size is not None and not 16 <= self.batch_size <= 4096:
             raise ConfigError(f"--batch-size {self.batch_size}: choose 16 to 4096 tokens")
         if self.max_tokens < 0:
@@ -218,6 +223,7 @@ class Config:
         kv_type, batch, ubatch = PROFILE_DEFAULTS[self.deterministic]
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type or kv_type,
+                              flash_f16=self.flash_attn,
                               draft=self.draft, prompt_cache=self.prompt_cache,
                               batch=self.batch_size or batch, ubatch=ubatch,
                               max_tokens=self.max_tokens,

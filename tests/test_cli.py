@@ -361,6 +361,7 @@ def test_serve_on_a_busy_port_fails_fast(
         (["--parallel", "0"], "--parallel 0"),
         (["--ctx", "8"], "--ctx 8"),
         (["--threads", "-1"], "--threads -1"),
+        (["--flash-attn", "--deterministic"], "--flash-attn with --deterministic"),
     ],
 )
 def test_serve_rejects_bad_settings(

@@ -15,10 +15,15 @@ import pytest
 from clients import request
 from conftest import ShimmyProcess, isolated_env
 
-PROFILES = {"fast": [], "invariant": ["--deterministic"]}
+# the fast profile also with llama.cpp's flash attention over its f16 cache (--flash-attn)
+PROFILES = {"fast": [], "fast-flash": ["--flash-attn"], "invariant": ["--deterministic"]}
 # about 1,300 tokens: more than two of the fast profile's 512-token chunks
 LONG_PROMPT = " ".join(f"Item {i}: the {w} is kept in drawer {i % 7}."
                        for i, w in enumerate(["lamp", "key", "map", "cup", "pen"] * 24))
+
+
+def profile_name(key: str) -> str:
+    return "invariant" if key == "invariant" else "fast"
 
 
 def run_json(home: Path, *args: str, **env: str) -> dict:
@@ -33,17 +38,20 @@ def run_json(home: Path, *args: str, **env: str) -> dict:
 def test_probe_and_diag_name_the_profile(name: str, tmp_path: Path) -> None:
     probed = run_json(tmp_path, "probe", "--ctx", "512", "--parallel", "2", *PROFILES[name])
     profile = probed["engine_profile"]
-    assert profile["name"] == name
+    assert profile["name"] == profile_name(name)
     assert profile["checked"]["invariant"] is (name == "invariant")
+    # plain attention over the fast profile's f16 cache unless asked; the invariant
+    # profile's bf16 cache always runs flash attention
+    assert profile["attention"] == ("plain" if name == "fast" else "flash")
     # the fast profile packs every busy slot into one pass; the invariant one only
     # where the load-time check finds rows rounding alike
-    assert profile["packed"] is (name == "fast" or profile["exact_rows"])
+    assert profile["packed"] is (name != "invariant" or profile["exact_rows"])
     assert profile["reuse_unit"] == (1 if profile["exact_rows"] else 64)
     assert profile["prompt_rows"] == (64 if name == "invariant" else 256)
     diag = run_json(tmp_path, "diag", *PROFILES[name])
-    assert diag["llama_cpp"]["engine_profile"]["name"] == name
+    assert diag["llama_cpp"]["engine_profile"]["name"] == profile_name(name)
     assert diag["llama_cpp"]["engine_profile"]["tiled_kquant_kernel"] == \
-        ("on" if name == "fast" else "off")
+        ("off" if name == "invariant" else "on")
 
 
 def test_the_environment_variable_asks_for_the_invariant_profile(tmp_path: Path) -> None:
@@ -91,4 +99,4 @@ def test_metrics_name_the_profile(profile_server: tuple[str, int]) -> None:
     assert status == 200
     lines = [line for line in body.decode().splitlines()
              if line.startswith("shimmy_engine_profile{")]
-    assert lines and all(f'profile="{name}"' in line for line in lines), lines
+    assert lines and all(f'profile="{profile_name(name)}"' in line for line in lines), lines

@@ -41,7 +41,8 @@ include "sampling.pxi"
 include "text.pxi"
 
 
-cdef void _set_kv_type(llama_context_params * params, str kv_type) except *:
+cdef void _set_kv_type(llama_context_params * params, str kv_type,
+                       bint flash_f16=False) except *:
     """The KV cache's element type, and the attention that keeps results batch-invariant
     with it.
 
@@ -53,13 +54,16 @@ cdef void _set_kv_type(llama_context_params * params, str kv_type) except *:
     product); f16 gets the plain attention. The fast profile keeps this choice: over
     an f16 cache, llama.cpp's CPU flash attention sums the values in f16, which changed
     the embedded model's greedy answers for the worse (a 2,048-token prompt read 8%
-    slower without it, a 6,000-token one 20%; docs/BENCHMARKS.md).
+    slower without it, a 6,000-token one 20%; docs/BENCHMARKS.md). ``flash_f16``
+    (``--flash-attn``, the fast profile only) asks for it over f16 all the same, as
+    llama-server runs it.
     """
     if kv_type not in ("f16", "bf16", "q8_0"):
         raise ValueError(f"KV cache type {kv_type!r}: choose bf16, f16 or q8_0")
     if kv_type == "f16":
         params.type_k = params.type_v = GGML_TYPE_F16
-        params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_f16 \
+            else LLAMA_FLASH_ATTN_TYPE_DISABLED
     elif kv_type in ("bf16", "q8_0"):
         params.type_k = params.type_v = GGML_TYPE_BF16 if kv_type == "bf16" else GGML_TYPE_Q8_0
         params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -110,6 +114,7 @@ cdef class BatchEngine:
     cdef bint per_row_attention     # the cache type runs attention row by row
     cdef readonly int rows_checked  # rows warm_up compared, one step against one by one
     cdef readonly str kv_type
+    cdef readonly bint flash_attention  # llama.cpp's flash attention, else the plain one
     cdef readonly bint exact_weights  # the caller vouched: no row-shaped weight matrices
     cdef ShimmyHead * head          # the output layer's product (output_head.h)
     cdef uint64_t fail_at           # debug: the decode pass that fails (0: none)
@@ -119,7 +124,8 @@ cdef class BatchEngine:
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
                   str kv_type="f16", int n_draft=0, bint exact_weights=False,
-                  bint own_head=True, bint invariant=True, int n_ubatch=0):
+                  bint own_head=True, bint invariant=True, int n_ubatch=0,
+                  bint flash_f16=False):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         self.head = shimmy_head_new(n_threads)
@@ -137,7 +143,11 @@ cdef class BatchEngine:
         params.n_batch = self.read_budget + n_slots + MAX_SEQ_ROWS
         params.n_seq_max = n_slots
         params.kv_unified = False
-        _set_kv_type(&params, kv_type)
+        if flash_f16 and invariant:
+            raise ValueError("flash attention over an f16 cache is not batch-invariant: "
+                             "the fast profile only")
+        _set_kv_type(&params, kv_type, flash_f16)
+        self.flash_attention = kv_type != "f16" or flash_f16
         # the fast profile caches sliding-window layers at their window, as llama-server
         # does: long prompts read faster and cells cost less; the invariant one keeps them
         # whole (see the class's docstring)
@@ -240,6 +250,7 @@ cdef class BatchEngine:
                 "prompt_rows": self.n_ubatch,
                 "own_head": self.own_head, "head_checks": self.head_checks,
                 "rows_checked": self.rows_checked, "kv_type": self.kv_type,
+                "attention": "flash" if self.flash_attention else "plain",
                 "exact_weights": bool(self.exact_weights),
                 "swa_cache": ("window" if self.swa_window else "full") if self.n_swa > 0
                 else None}

@@ -49,6 +49,7 @@ class EngineSettings:
     ubatch: int = 64  # prompt rows per pass over the weights at most (batch, if larger)
     use_mmap: bool = True
     kv_type: str = "f16"  # deterministic: bf16 and q8_0 decode with flash attention
+    flash_f16: bool = False  # flash attention over an f16 cache too (fast profile only)
     draft: int = 3  # tokens guessed ahead per step (deterministic: bf16 and q8_0 only)
     # the invariant profile: a seed's text does not depend on other requests (slower)
     deterministic: bool = False
@@ -172,7 +173,7 @@ class LoadedModel:
             self.model, n_ctx, settings.parallel, settings.threads,
             min(settings.batch, n_ctx), settings.kv_type, settings.draft,
             exact_weights(self.info, loras), own_head, settings.deterministic,
-            min(settings.ubatch, n_ctx))
+            min(settings.ubatch, n_ctx), settings.flash_f16)
         compute.run(self.engine.warm_up)
 
     @property

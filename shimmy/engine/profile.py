@@ -40,6 +40,7 @@ class EngineProfile:
     draft: int  # tokens a lone request guesses ahead per step; 0: none
     reuse_unit: int  # a reused prefix is cut to a multiple of this many tokens
     prompt_rows: int  # prompt tokens one pass over the weights reads at most
+    attention: str  # "flash" (llama.cpp's flash attention) or "plain"
     output_head: str  # "shimmy" or "llama.cpp": who computes the logits
     # sliding-window layers cached at their "window" (fast) or "full" (invariant); None
     # for a model without them
@@ -56,6 +57,7 @@ class EngineProfile:
             packed=facts["packed"],
             rows_per_pass=facts["rows_per_pass"], draft=facts["draft"],
             reuse_unit=facts["reuse_unit"], prompt_rows=facts["prompt_rows"],
+            attention=facts["attention"],
             output_head="shimmy" if facts["own_head"] else "llama.cpp",
             swa_cache=facts["swa_cache"],
             checked={"invariant": facts["invariant"],
@@ -72,7 +74,8 @@ class EngineProfile:
         """One line for people: what the profile does, and why."""
         if not self.checked.get("invariant", True):
             reuse = "to the token" if self.exact_rows else f"in units of {self.reuse_unit}"
-            how = (f"llama.cpp's fastest kernels, {self.rows_per_pass} slots per pass, reuse "
+            how = (f"llama.cpp's fastest kernels, {self.attention} attention over "
+                   f"{self.checked['kv_type']}, {self.rows_per_pass} slots per pass, reuse "
                    f"{reuse}, up to {self.draft} tokens guessed ahead; other requests in a "
                    "batch may change a seed's text")
         elif self.exact_rows:
