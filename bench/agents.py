@@ -10,7 +10,10 @@ Figures, each server started afresh for its turn and taking turns figure by figu
   later turns' time to first token;
 - four agents at once, sharing one system prompt: total generated tok/s and the later
   turns' median time to first token;
-- resident memory when ready and after the run.
+- resident memory when ready, with the model loaded and after the run.
+
+Each figure's first token is timed on a loaded model: shimmy loads one on its first
+request (a one-token request goes first), llama-server before its ready route answers.
 
 Same threads, slots and total cells on both sides; llama-server runs with its defaults
 (``-t``/``-tb``, ``-c`` = slots x per-slot context, ``-np``). Prompts go through
@@ -142,7 +145,7 @@ def servers(args: argparse.Namespace, model: Path) -> list[Server]:
     t, ctx, slots, port = str(args.threads), args.ctx, args.parallel, str(args.port)
     base = [str(ROOT / ".venv/bin/shimmy"), "serve", "--port", port, "--model-path",
             str(model), "--threads", t, "--ctx", str(ctx), "--parallel", str(slots),
-            "--ollama-bind", "off"]
+            "--ollama-bind", "off", *args.shimmy_args]
     found = {
         "shimmy": Server("shimmy", base, "/api/health"),
         "shimmy-deterministic": Server("shimmy-deterministic", [*base, "--deterministic"],
@@ -173,6 +176,11 @@ def measure(chosen: list[Server], args: argparse.Namespace) -> dict[str, dict[st
             _, ready_rss = start(server)
             try:
                 results[server.name].setdefault("rss_ready_mb", ready_rss)
+                # shimmy loads a model on its first request, llama-server before it is
+                # ready: each first token is timed on a loaded model, as a running
+                # server reads a new prompt
+                answer(server, "Hello", 1)
+                results[server.name].setdefault("rss_loaded_mb", rss_mb(server))
                 results[server.name].update(figure(server, seed))
                 results[server.name]["rss_after_mb"] = max(
                     results[server.name].get("rss_after_mb", 0), rss_mb(server))
@@ -217,6 +225,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--servers", nargs="+", default=["shimmy", "llama-server"])
     parser.add_argument("--model", type=Path, default=None,
                         help="a GGUF file (default: the embedded model)")
+    parser.add_argument("--shimmy-args", type=shlex.split, default=[], metavar="ARGS",
+                        help="more arguments for shimmy serve, e.g. --flash-attn")
     parser.add_argument("--llama-args", type=shlex.split, default=[], metavar="ARGS",
                         help="more llama-server options (say why in the report)")
     return parser.parse_args(argv)
