@@ -144,6 +144,11 @@ class Build:
     def wheel(self, variants: str) -> Path:
         return self.root / "wheels" / variants / WHEEL_NAME
 
+    def cached_wheel(self, variants: str) -> Path | None:
+        """The best wheel built before that serves ``--variants``, if any."""
+        return next((self.wheel(name) for name in wheel_names(variants)
+                     if self.wheel(name).is_file()), None)
+
     # the sources
 
     def fetch_sources(self) -> Path:
@@ -317,11 +322,9 @@ def wheel_names(variants: str) -> list[str]:
 
 
 def build_wheel(build: Build, variants: str) -> Path:
-    names = wheel_names(variants)
-    for name in names:
-        if build.wheel(name).is_file():
-            return build.wheel(name)
-    name = names[-1]
+    if cached := build.cached_wheel(variants):
+        return cached
+    name = wheel_names(variants)[-1]
     build.fetch_sources()
     if name != "all":
         note(f"building llama.cpp (llama-cpp-python {VERSION}) for this CPU first: its core "
@@ -346,11 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shimmy"
     build = Build(cache, shlex.split(os.environ.get("SHIMMY_EXTRA_CMAKE_ARGS", "")))
     if args.cached or args.sources:
-        cached = [build.wheel(name) for name in wheel_names(args.variants)
-                  if build.wheel(name).is_file()]
+        cached = build.cached_wheel(args.variants)
         if args.cached:
             if cached:
-                print(cached[0])
+                print(cached)
             return 0 if cached else 1
         if not cached:
             build.fetch_sources()
