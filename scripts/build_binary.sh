@@ -26,7 +26,8 @@ if [ "$installed" != "$wheel" ]; then
     echo "$wheel" > "$venv/.llama-wheel"
 fi
 # shimmy's runtime dependencies (pyproject.toml's, less llama-cpp-python) and its dist extra
-pip install "h11>=0.16" "wsproto>=1.2" "jinja2>=3.1" "pyinstaller>=6.10,<7"
+"$venv/bin/python" scripts/requirements.py dist > "$venv/requirements.txt"
+pip install -r "$venv/requirements.txt"
 
 # a copy of the sources, so that the engine built here never replaces the one in .venv
 rm -rf "$stage"

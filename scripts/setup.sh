@@ -54,7 +54,7 @@ stamp_file=.venv/.shimmy-setup
 current_stamp() {
     { "$python" --version
       "$python" scripts/llama_wheel.py --cached || echo "no wheel yet"
-      cat scripts/setup.sh scripts/llama_wheel.py \
+      cat scripts/setup.sh scripts/llama_wheel.py scripts/requirements.py \
           pyproject.toml setup.py shimmy/engine/*.pyx shimmy/engine/*.pxi \
           shimmy/engine/*.h; } | sha256sum | cut -c 1-16
 }
@@ -86,15 +86,7 @@ pip install --upgrade pip setuptools wheel "Cython>=3.0"
 # compiles (after its sources have downloaded, alone on the network): all of
 # pyproject.toml's but llama-cpp-python, which is built here
 requirements=.venv/requirements.txt
-.venv/bin/python - > "$requirements" <<'EOF'
-import tomllib
-with open("pyproject.toml", "rb") as file:
-    project = tomllib.load(file)["project"]
-extras = project["optional-dependencies"]
-for requirement in [*project["dependencies"], *extras["model"], *extras["test"]]:
-    if not requirement.startswith("llama-cpp-python"):
-        print(requirement)
-EOF
+.venv/bin/python scripts/requirements.py model test > "$requirements"
 .venv/bin/python scripts/llama_wheel.py --variants this --sources
 ( pip_log=.venv/pip-packages.log; : > "$pip_log"; pip install -r "$requirements" ) &
 packages_pid=$!
