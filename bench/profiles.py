@@ -1,6 +1,7 @@
 """A new long prompt read to its first token by the engine alone (no HTTP), per engine
 profile, cache type, prompt chunk and prompt rows per pass: what ``--deterministic``,
-``--kv-cache-type``, ``--batch-size`` and ``--flash-attn`` (``fast-flash``) cost.
+``--kv-cache-type``, ``--batch-size`` and ``--flash-attn`` (``fast-flash``) cost, and what
+the cache's pages coming back as cells fill costs (``fast-resident`` keeps them resident).
 
     .venv/bin/python bench/profiles.py [--tokens 4096] [--threads 2] [--repeats 3]
         [--model FILE] [--profiles fast fast-flash]
@@ -24,6 +25,7 @@ CONFIGS = [  # (profile, cache, chunk, prompt rows per pass); the defaults come 
     ("fast", "f16", 64, 256), ("fast", "f16", 64, 64), ("fast", "f16", 64, 512),
     ("invariant", "bf16", 64, 64), ("invariant", "f16", 512, 512),
     ("fast-flash", "f16", 64, 256),
+    ("fast-resident", "f16", 64, 256),  # the whole KV cache resident from the start
 ]
 TEXT = "the river runs past a quiet town where people sell bread and fish "
 
@@ -35,11 +37,13 @@ def one_run(profile: str, kv: str, chunk: int, rows: int, tokens: int, threads: 
     from shimmy.models.embedded import embedded_model_path
 
     deterministic = profile == "invariant"
+    # cache_on_use: the cache's pages come back as cells are written (cache_pages.h)
     library.set_deterministic(deterministic)
     engine_module = library.load()
     model = engine_module.Model(str(model_file or embedded_model_path()))
     engine = engine_module.BatchEngine(model, tokens + 64, 2, threads, chunk, kv, 0, True,
-                                       True, deterministic, rows, profile == "fast-flash")
+                                       True, deterministic, rows, profile == "fast-flash",
+                                       profile != "fast-resident")
     engine.warm_up()
     prompt = model.tokenize(TEXT * (tokens // 10), True)[:tokens]
     started = time.perf_counter()
@@ -56,8 +60,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", type=Path, help="a GGUF file (default: the embedded model)")
     parser.add_argument("--profiles", nargs="+", metavar="NAME",
-                        help="only the first row of each: fast, fast-flash, invariant "
-                             "(default: every row)")
+                        help="only the first row of each: fast, fast-flash, fast-resident, "
+                             "invariant (default: every row)")
     parser.add_argument("--one", nargs=4, metavar=("PROFILE", "CACHE", "CHUNK", "ROWS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

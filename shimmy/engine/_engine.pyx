@@ -121,15 +121,20 @@ cdef class BatchEngine:
     cdef uint64_t fail_every        # debug: and every this many passes after it
     cdef uint64_t fail_left         # debug: failures still to inject
     cdef bint head_attached         # this CPU runs it: warm_up() checks it against ggml
+    cdef ShimmyPages pages          # the cache's buffers (cache_pages.h)
+    # bytes of cache handed back to the kernel after warm-up: resident again as cells fill
+    cdef readonly size_t cache_released
 
     def __cinit__(self, Model model, int n_ctx, int n_slots, int n_threads, int n_batch=64,
                   str kv_type="f16", int n_draft=0, bint exact_weights=False,
                   bint own_head=True, bint invariant=True, int n_ubatch=0,
-                  bint flash_f16=False):
+                  bint flash_f16=False, bint cache_on_use=True):
         cdef llama_context_params params = llama_context_default_params()
         cdef vector[float] scales
         self.head = shimmy_head_new(n_threads)
         self.head_attached = own_head and shimmy_head_attach(&params, self.head)
+        if cache_on_use:  # else (bench/profiles.py) the whole cache stays resident
+            shimmy_pages_attach(&params, &self.pages)
         params.n_ctx = n_ctx * n_slots
         # a pass reads up to n_ubatch prompt rows (n_batch, the unit of chunks and of
         # reuse, by default): one pass over the weights for more rows reads prompts
@@ -218,6 +223,7 @@ cdef class BatchEngine:
         where every row agreed, in one-row and in several-row products."""
         if self.head_attached:
             self.head.mode = OUTPUT_HEAD_PROBE
+        self.pages.scanning = True
         # the invariant profile does not count on f16's plain attention (one row and
         # several may go through different kernels, and rows of several sequences are
         # not checked); the fast one asks only that a request alone reuse cells as a cold
@@ -241,6 +247,10 @@ cdef class BatchEngine:
             self.head.mode = OUTPUT_HEAD_ON if self.head.probe_bad == 0 \
                 and self.head.probe_single > 0 and self.head.probe_multi > 0 \
                 else OUTPUT_HEAD_OFF
+        self.pages.scanning = False
+        # every cell is clear: the cache's pages go back to the kernel, and read as the
+        # zeros llama.cpp cleared them to until a cell on them is written
+        self.cache_released = shimmy_pages_release(&self.pages)
 
     def profile_facts(self) -> dict:
         """What warm_up decided and what it checked (``profile.EngineProfile`` reads it)."""

@@ -1,6 +1,7 @@
 # Part of the shimmy.engine._engine extension (included by _engine.pyx).
 # The C API of llama.cpp (llama.h), ggml's backend loader, and the small C helpers the engine
-# compiles in (AMX permission, the CPU variant in use, a vector scan, the output head).
+# compiles in (AMX permission, the CPU variant in use, a vector scan, the output head, the
+# cache's pages).
 
 
 cdef extern from "llama.h" nogil:
@@ -236,6 +237,14 @@ cdef extern from "output_head.h" nogil:
     ShimmyHead * shimmy_head_new(int n_threads)
     void shimmy_head_free(ShimmyHead * head)
     cbool shimmy_head_attach(llama_context_params * params, ShimmyHead * head)
+
+
+cdef extern from "cache_pages.h" nogil:
+    ctypedef struct ShimmyPages:
+        cbool scanning
+        int n_buffers
+    void shimmy_pages_attach(llama_context_params * params, ShimmyPages * pages)
+    size_t shimmy_pages_release(ShimmyPages * pages)
 
 
 cdef extern from "ggml-backend.h" nogil:

@@ -154,6 +154,9 @@ class LoadedModel:
                  settings.parallel, settings.threads,
                  f"; {self.profile.words()}, {self.profile.output_head}'s output head"
                  if self.profile else "")
+        if self.engine is not None and self.engine.cache_released:
+            log.info("%s: %.0f MiB of KV cache reserved, resident as its cells fill", name,
+                     self.engine.cache_released / 2**20)
 
     def _load(self, engine_module: ModuleType, settings: EngineSettings,
               rpc_devices: list[int], loras: list[Path] | None, tracker: Any) -> None:
