@@ -72,6 +72,8 @@ def test_probe_json(home: Path, models_dir: Path) -> None:
     assert data["prompt_tokens"] > 0
     for key in ("load_ms", "first_token_ms", "memory_bytes", "file_size"):
         assert isinstance(data[key], int | float) and data[key] >= 0, key
+    # the KV cache's pages were handed back: resident as its cells fill, not in memory_bytes
+    assert data["kv_cache_bytes"] > 0
     assert data["context"] == 512  # the model's trained context caps the default 8192
     assert data["output_head"].startswith("llama.cpp's (")  # an F32 output matrix
 

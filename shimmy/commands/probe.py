@@ -62,6 +62,9 @@ def _run(config: Config, name: str, facts: dict[str, Any], as_json: bool) -> Non
         print(f"load time:    {facts['load_ms']:.0f} ms (context {facts['context']}, "
               f"{facts['slots']} slots, {facts['threads']} threads)")
         print(f"memory:       {format_bytes(facts['memory_bytes'])} resident for the model")
+        if facts["kv_cache_bytes"]:
+            print(f"kv cache:     {format_bytes(facts['kv_cache_bytes'])} for "
+                  f"{facts['slots']} × {facts['context']} cells, resident as they fill")
         print(f"output head:  {facts['output_head']}")
         if model.profile:
             print(f"profile:      {model.profile.words()}")
@@ -134,7 +137,9 @@ def _load(config: Config, entry: ModelEntry, facts: dict[str, Any]) -> LoadedMod
     facts.update(placement=model.placement, rpc=list(config.rpc))
     facts.update(load_ms=model.load_seconds * 1000, context=model.n_ctx,
                  slots=config.parallel, threads=config.n_threads,
-                 memory_bytes=process_rss_bytes() - rss_before)
+                 memory_bytes=process_rss_bytes() - rss_before,
+                 # in host memory, handed back after the warm-up (cache_pages.h)
+                 kv_cache_bytes=model.engine.cache_released if model.engine else 0)
     return model
 
 
