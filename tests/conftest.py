@@ -29,6 +29,7 @@ REAL_MODEL_FIXTURES = frozenset({"model_path", "server", "port"})
 # the suite's tests in about 2.5 minutes on a two-core machine; the full suite runs all.
 SLOW_FILES = frozenset({
     "test_agent_clis.py", "test_agent_requests.py", "test_balancer.py", "test_binary.py",
+    "test_cache_pages.py",
     "test_engine_faults.py", "test_engine_invariance.py",
     "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_profiles.py",
     "test_prompt_cache.py", "test_prompt_passes.py",

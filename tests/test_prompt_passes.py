@@ -59,6 +59,12 @@ for size, prefix in [(705, 704), (705, 665), (1000, 999), (770, 569)]:
     reused, cached, _ = run(wide, prompt)
     report["cases"].append({"size": size, "reused": reused, "cached_as_cold": cached == cold,
                             "as_64_rows": cold == by_64_rows})
+# a chat's next turn: the history holds generated cells, reused only where rows round alike
+run(wide, full[:600], 40, False)
+turn = wide.cached(0) + model.tokenize(" And then?", False, False)
+reused, cached, _ = run(wide, turn)
+_, cold, _ = run(wide, turn, reuse=False)
+report["next_turn"] = {"reused": reused, "cached_as_cold": cached == cold}
 print(json.dumps(report))
 """
 
@@ -72,7 +78,8 @@ def test_long_prompts_read_in_wide_passes_and_cached_prefixes_read_as_cold(
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["rows"] == [256, 64]
-    # the fast profile checks rows over f16 too: its outcome sets the unit of reuse
+    # the fast profile checks rows over f16 too (8 rows after a 64-token lead): its
+    # outcome sets the unit of reuse
     assert report["rows_checked"] == 8
     assert report["reuse_unit"] == (1 if report["exact_rows"] else 64)
     # 1,000 tokens: [0, 960) in 256-row passes, then the last chunk alone; 64-row
@@ -84,3 +91,7 @@ def test_long_prompts_read_in_wide_passes_and_cached_prefixes_read_as_cold(
         assert report["exact_rows"] or case["reused"] % 64 == 0, case
         assert case["cached_as_cold"], case
         assert case["as_64_rows"], case
+    # generated cells are computed one row a step and a cold start reads them many rows
+    # a pass: reused only where the check found that rows round alike
+    assert report["next_turn"]["reused"] >= 576, report["next_turn"]
+    assert report["next_turn"]["cached_as_cold"], report["next_turn"]

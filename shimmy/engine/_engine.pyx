@@ -227,9 +227,13 @@ cdef class BatchEngine:
         # the invariant profile does not count on f16's plain attention (one row and
         # several may go through different kernels, and rows of several sequences are
         # not checked); the fast one asks only that a request alone reuse cells as a cold
-        # start computes them, which the check shows for any cache type on this CPU
-        if (self.per_row_attention or not self.invariant) and self.n_ctx >= 2 * CHECK_ROWS:
-            self.exact_rows = self._rows_agree()
+        # start computes them, which the check shows for any cache type on this CPU.
+        # Flash attention over f16 fails it past 512 cells (one row splits the cells
+        # over the threads), further than a check at load can afford to go.
+        cdef int lead = min(CHECK_LEAD, self.n_ctx - CHECK_ROWS)
+        if (self.per_row_attention or not self.invariant) and lead >= CHECK_ROWS \
+                and not (self.flash_attention and not self.per_row_attention):
+            self.exact_rows = self._rows_agree(lead)
             self.rows_checked = CHECK_ROWS
         else:  # a context too small cannot run the check
             self._decode_probe(1)
@@ -287,12 +291,12 @@ cdef class BatchEngine:
             _batch_add(&self.batch, _probe_token(i, self.model.n_vocab), i, 0, True)
         self._decode()
 
-    cdef bint _rows_agree(self) except -1:
-        """Whether ``CHECK_ROWS`` rows of a sequence decoded in one step get the very
-        logits that as many one-row steps get. Which kernels llama.cpp's CPU backend
-        picks depends on the machine and on the rows in a step, so this is measured."""
+    cdef bint _rows_agree(self, int lead) except -1:
+        """Whether ``CHECK_ROWS`` rows of a sequence decoded in one step, after ``lead``
+        tokens, get the very logits that as many one-row steps get. Which kernels
+        llama.cpp's CPU backend picks depends on the machine, on the rows in a step and
+        on the cells attended to, so this is measured."""
         cdef int n_vocab = self.model.n_vocab
-        cdef int lead = CHECK_ROWS
         cdef vector[float] single
         cdef llama_batch * b = &self.batch
         cdef bint same = True
