@@ -230,12 +230,12 @@ cdef class BatchEngine:
         # start computes them, which the check shows for any cache type on this CPU.
         # Flash attention over f16 fails it past 512 cells (one row splits the cells
         # over the threads), further than a check at load can afford to go.
-        cdef int lead = min(CHECK_LEAD, self.n_ctx - CHECK_ROWS)
+        cdef int lead = min(CHECK_LEAD, self.n_ctx - CHECK_ROWS, self.read_budget)
         if (self.per_row_attention or not self.invariant) and lead >= CHECK_ROWS \
                 and not (self.flash_attention and not self.per_row_attention):
             self.exact_rows = self._rows_agree(lead)
             self.rows_checked = CHECK_ROWS
-        else:  # a context too small cannot run the check
+        else:  # no check (flash attention over f16, or too small a context): one decode
             self._decode_probe(1)
         self.packed = self.exact_rows or not self.invariant
         if not self.packed:

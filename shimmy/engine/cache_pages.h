@@ -17,8 +17,10 @@
 #pragma once
 
 #include <string.h>
+#if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
+#endif
 
 #include "ggml-backend.h"
 #include "llama.h"
@@ -62,9 +64,14 @@ static void shimmy_pages_attach(llama_context_params * params, ShimmyPages * p) 
     params->cb_eval_user_data = p;
 }
 
-/* Hand the cache's whole pages back; the bytes handed back. Call it only while no cell
-   holds data that matters (after the warm-up's cells were cleared) and nothing decodes. */
+/* Hand the cache's whole pages back; the bytes handed back (none but on Linux, where
+   MADV_DONTNEED drops a private page's data). Call it only while no cell holds data that
+   matters (after the warm-up's cells were cleared) and nothing decodes. */
 static size_t shimmy_pages_release(ShimmyPages * p) {
+#if !defined(__linux__)
+    (void) p;
+    return 0;
+#else
     size_t page = (size_t) sysconf(_SC_PAGESIZE), released = 0;
     for (int i = 0; i < p->n_buffers; i++) {
         ggml_backend_buffer_t buffer = p->buffers[i];
@@ -77,4 +84,5 @@ static size_t shimmy_pages_release(ShimmyPages * p) {
         if (madvise((void *) start, end - start, MADV_DONTNEED) == 0) released += end - start;
     }
     return released;
+#endif
 }
