@@ -236,10 +236,11 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-type", metavar="TYPE",
                         help="KV cache element type: f16 (default; bf16 with "
                              "--deterministic), bf16 or q8_0 (half the memory)")
-    parser.add_argument("--flash-attn", action="store_true", default=None,
-                        help="llama.cpp's flash attention over the f16 cache too, as "
-                             "llama-server runs it: long prompts read faster, answers are "
-                             "summed in f16 (not with --deterministic)")
+    parser.add_argument("--flash-attn", nargs="?", const="on", choices=("on", "off", "auto"),
+                        metavar="MODE",
+                        help="llama.cpp's flash attention over the f16 cache: on, off or "
+                             "auto (default: on in the fast profile, as llama-server runs it; "
+                             "off with --deterministic); off: plain attention")
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="prompt tokens per chunk, the unit of prefix reuse where "
                              "rows do not round alike (default 64); a pass reads up to "

@@ -53,7 +53,7 @@ class Config:
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers, HOST:PORT (docs/RPC.md)
     tensor_split: tuple[float, ...] = ()  # shares of the offloaded layers per RPC device
     kv_cache_type: str | None = None  # None: the profile's (f16; deterministic: bf16)
-    flash_attn: bool = False  # flash attention over an f16 cache too (as llama-server's)
+    flash_attn: str | None = None  # over an f16 cache: "on", "off"; None: the profile's
     draft: int = 3
     batch_size: int | None = None  # prompt tokens per chunk; None: 64
     deterministic: bool = False  # the batch-invariant engine profile
@@ -93,6 +93,8 @@ class Config:
                      "batch_size", "flash_attn"):
             if (value := getattr(args, name, None)) is not None:
                 setattr(config, name, value)
+        if config.flash_attn == "auto":
+            config.flash_attn = None
         config.deterministic = bool(getattr(args, "deterministic", False)) or \
             os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         if getattr(args, "command", None) == "serve" and args.max_tokens is not None:
@@ -185,10 +187,7 @@ class Config:
         if self.kv_cache_type is not None and self.kv_cache_type not in KV_CACHE_TYPES:
             raise ConfigError(f"--kv-cache-type {self.kv_cache_type}: choose one of "
                               + ", ".join(KV_CACHE_TYPES))
-        if self.flash_attn and self.deterministic:
-            raise ConfigError("--flash-attn with --deterministic: flash attention over an f16 "
-                              "cache is not batch-invariant (the invariant profile runs "
-                              "flash attention over its bf16 and q8_0 caches already)")
+        self._check_attention()
         if self.batch_size is not None and not 16 <= self.batch_size <= 4096:
             raise ConfigError(f"--batch-size {self.batch_size}: choose 16 to 4096 tokens")
         if self.max_tokens < 0:
@@ -196,6 +195,23 @@ class Config:
         if not 0 <= self.draft <= MAX_DRAFT:
             raise ConfigError(f"--draft {self.draft}: choose 0 (off) to {MAX_DRAFT}")
         self._check_serving()
+
+    def _check_attention(self) -> None:
+        if self.flash_attn not in (None, "on", "off"):
+            raise ConfigError(f"--flash-attn {self.flash_attn}: choose on, off or auto")
+        if self.flash_attn == "on" and self.deterministic:
+            raise ConfigError("--flash-attn on with --deterministic: flash attention over an "
+                              "f16 cache is not batch-invariant (the invariant profile runs "
+                              "flash attention over its bf16 and q8_0 caches already)")
+        if self.flash_attn == "off" and self.kv_cache_type in ("bf16", "q8_0"):
+            raise ConfigError(f"--flash-attn off with --kv-cache-type {self.kv_cache_type}: "
+                              "bf16 and q8_0 caches always run flash attention; plain "
+                              "attention runs over f16")
+
+    @property
+    def flash_f16(self) -> bool:
+        """Flash attention over an f16 cache: the fast profile's default, as llama-server's."""
+        return self.flash_attn == "on" or (self.flash_attn is None and not self.deterministic)
 
     def _check_serving(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
@@ -223,7 +239,7 @@ class Config:
         kv_type, batch, ubatch = PROFILE_DEFAULTS[self.deterministic]
         return EngineSettings(ctx=self.ctx, parallel=self.parallel, threads=self.n_threads,
                               gpu_layers=self.gpu_layers, kv_type=self.kv_cache_type or kv_type,
-                              flash_f16=self.flash_attn,
+                              flash_f16=self.flash_f16,
                               draft=self.draft, prompt_cache=self.prompt_cache,
                               batch=self.batch_size or batch, ubatch=ubatch,
                               max_tokens=self.max_tokens,

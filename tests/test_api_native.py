@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable
 
 import pytest
 from clients import busy_slots, connect, request, request_json, sse_events
@@ -163,19 +164,30 @@ def test_stream_headers_and_framing(port: int) -> None:
         json.loads(event[len("data: "):])
 
 
+def is_cjk(char: str) -> bool:
+    return "\u3040" <= char <= "\u9fff"
+
+
+def is_emoji(char: str) -> bool:
+    return ord(char) >= 0x1F300
+
+
 @pytest.mark.parametrize(
     ("prompt", "wanted"),
     [
-        ("日本の首都は東京です。日本で一番高い山は", "富士山"),
-        ("I love pizza 🍕🍕. I love cake 🎂🎂. I love sushi", "🍣"),
+        ("日本の首都は東京です。日本で一番高い山は", is_cjk),
+        ("I love pizza 🍕🍕. I love cake 🎂🎂. I love sushi", is_emoji),
     ],
 )
-def test_cjk_and_emoji_stream_intact(port: int, prompt: str, wanted: str) -> None:
+def test_cjk_and_emoji_stream_intact(port: int, prompt: str, wanted: Callable[[str], bool]
+                                     ) -> None:
+    """Characters of several bytes, split across tokens, reach the stream whole (the model's
+    greedy words are its own: only that it answers in such characters is asked)."""
     fields = {"prompt": prompt, "max_tokens": 16, **GREEDY}
     whole = generate(port, **fields)["choices"][0]["text"]
     pieces, _ = stream_text(port, **fields)
     assert "".join(pieces) == whole
-    assert wanted in whole
+    assert any(wanted(char) for char in whole), whole
     assert "\ufffd" not in whole
 
 

@@ -361,7 +361,8 @@ def test_serve_on_a_busy_port_fails_fast(
         (["--parallel", "0"], "--parallel 0"),
         (["--ctx", "8"], "--ctx 8"),
         (["--threads", "-1"], "--threads -1"),
-        (["--flash-attn", "--deterministic"], "--flash-attn with --deterministic"),
+        (["--flash-attn", "--deterministic"], "--flash-attn on with --deterministic"),
+        (["--flash-attn", "off", "--kv-cache-type", "q8_0"], "always run flash attention"),
     ],
 )
 def test_serve_rejects_bad_settings(

@@ -15,8 +15,8 @@ import pytest
 from clients import request
 from conftest import ShimmyProcess, isolated_env
 
-# the fast profile also with llama.cpp's flash attention over its f16 cache (--flash-attn)
-PROFILES = {"fast": [], "fast-flash": ["--flash-attn"], "invariant": ["--deterministic"]}
+# the fast profile runs llama.cpp's flash attention over its f16 cache unless told not to
+PROFILES = {"fast": [], "fast-plain": ["--flash-attn", "off"], "invariant": ["--deterministic"]}
 # about 1,300 tokens: more than two of the fast profile's 512-token chunks
 LONG_PROMPT = " ".join(f"Item {i}: the {w} is kept in drawer {i % 7}."
                        for i, w in enumerate(["lamp", "key", "map", "cup", "pen"] * 24))
@@ -40,9 +40,9 @@ def test_probe_and_diag_name_the_profile(name: str, tmp_path: Path) -> None:
     profile = probed["engine_profile"]
     assert profile["name"] == profile_name(name)
     assert profile["checked"]["invariant"] is (name == "invariant")
-    # plain attention over the fast profile's f16 cache unless asked; the invariant
-    # profile's bf16 cache always runs flash attention
-    assert profile["attention"] == ("plain" if name == "fast" else "flash")
+    # flash attention over the fast profile's f16 cache unless turned off; the
+    # invariant profile's bf16 cache always runs it
+    assert profile["attention"] == ("plain" if name == "fast-plain" else "flash")
     # the fast profile packs every busy slot into one pass; the invariant one only
     # where the load-time check finds rows rounding alike
     assert profile["packed"] is (name != "invariant" or profile["exact_rows"])

@@ -51,12 +51,11 @@ cdef void _set_kv_type(llama_context_params * params, str kv_type,
     over 512+ cells): with f16 it would round differently alone than beside others. For
     bf16 and q8_0 it always runs the same per-row loop, so those caches get flash
     attention (faster decoding, but long prompts read slower: the loop is no matrix
-    product); f16 gets the plain attention. The fast profile keeps this choice: over
-    an f16 cache, llama.cpp's CPU flash attention sums the values in f16, which changed
-    the embedded model's greedy answers for the worse (a 2,048-token prompt read 8%
-    slower without it, a 6,000-token one 20%; docs/BENCHMARKS.md). ``flash_f16``
-    (``--flash-attn``, the fast profile only) asks for it over f16 all the same, as
-    llama-server runs it.
+    product); the invariant profile gives f16 the plain attention. ``flash_f16`` (the
+    fast profile's default, ``--flash-attn``) runs flash attention over f16 too, as
+    llama-server does: long prompts read faster and small models decode faster, and
+    what it changes in the answers is the size of what llama.cpp's own kernels change
+    between a prompt pass and a one-token step (docs/BENCHMARKS.md).
     """
     if kv_type not in ("f16", "bf16", "q8_0"):
         raise ValueError(f"KV cache type {kv_type!r}: choose bf16, f16 or q8_0")

@@ -49,7 +49,8 @@ class EngineSettings:
     ubatch: int = 64  # prompt rows per pass over the weights at most (batch, if larger)
     use_mmap: bool = True
     kv_type: str = "f16"  # deterministic: bf16 and q8_0 decode with flash attention
-    flash_f16: bool = False  # flash attention over an f16 cache too (fast profile only)
+    # flash attention over an f16 cache (as llama-server's default); the fast profile only
+    flash_f16: bool = True
     draft: int = 3  # tokens guessed ahead per step (deterministic: bf16 and q8_0 only)
     # the invariant profile: a seed's text does not depend on other requests (slower)
     deterministic: bool = False
@@ -176,7 +177,7 @@ class LoadedModel:
             self.model, n_ctx, settings.parallel, settings.threads,
             min(settings.batch, n_ctx), settings.kv_type, settings.draft,
             exact_weights(self.info, loras), own_head, settings.deterministic,
-            min(settings.ubatch, n_ctx), settings.flash_f16)
+            min(settings.ubatch, n_ctx), settings.flash_f16 and not settings.deterministic)
         compute.run(self.engine.warm_up)
 
     @property
