@@ -375,6 +375,25 @@ def test_serve_rejects_bad_settings(
     assert "listening" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "flash"),
+    [
+        ([], True), (["--flash-attn"], True), (["--flash-attn", "auto"], True),
+        (["--flash-attn", "off"], False), (["--deterministic"], False),
+        (["--deterministic", "--flash-attn", "auto"], False),
+    ],
+)
+def test_flash_attention_over_f16_follows_the_profile(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], flash: bool
+) -> None:
+    from shimmy.cli import build_parser
+    from shimmy.config import DETERMINISTIC_ENV, Config
+
+    monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)
+    config = Config.from_args(build_parser().parse_args(["probe", *args]))
+    assert config.engine_settings().flash_f16 is flash
+
+
 def test_serve_answers_then_exits_cleanly_on_sigterm(home: Path, models_dir: Path) -> None:
     server = ShimmyProcess(["--model-dirs", str(models_dir)], isolated_env(home), home)
     try:
