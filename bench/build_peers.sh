@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the benchmark's peers into bench/.cache (once; rerunning is cheap):
-#  - llama-server, llama-bench and llama-perplexity from the very llama.cpp that llama-cpp-python 0.3.36
-#    vendors, with the same CMake defaults its wheel uses (GGML_NATIVE on: -march=native);
+#  - llama-server, llama-bench and llama-perplexity from the very llama.cpp that
+#    llama-cpp-python 0.3.36 vendors, with the same CMake defaults its wheel uses
+#    (GGML_NATIVE on: -march=native);
 #  - a virtual environment with llama-cpp-python's own server (llama_cpp.server).
 set -euo pipefail
 cd "$(dirname "$0")"
