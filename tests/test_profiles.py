@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from clients import request
-from conftest import ShimmyProcess, isolated_env
+from conftest import ShimmyProcess, isolated_env, rows_round_alike
 
 # the fast profile runs llama.cpp's flash attention over its f16 cache unless told not to
 PROFILES = {"fast": [], "fast-plain": ["--flash-attn", "off"], "invariant": ["--deterministic"]}
@@ -90,6 +90,25 @@ def test_a_request_alone_gives_the_same_text_each_time(profile_server: tuple[str
     # a prefix is reused whole chunks at a time, so the rest is read as a cold start does
     assert cached == prompt_tokens - 1 or cached % 64 == 0
     assert complete(port, "The sky is", temperature=0)["choices"][0]["text"].strip()
+
+
+def test_a_chats_next_turn_reuses_the_answer_in_the_fast_profile(
+        profile_server: tuple[str, int]) -> None:
+    """The fast profile reuses the first turn's answer cells, as llama-server does, and
+    reads only what is new; the invariant profile reads them again, in the chunks a cold
+    start reads, unless rows round alike. Either way the same turn asked again gives the
+    same text."""
+    name, port = profile_server
+    first = complete(port, LONG_PROMPT, temperature=0)
+    turn = LONG_PROMPT + first["choices"][0]["text"] + "\nQuestion: where is the last key?"
+    answer = complete(port, turn, temperature=0)
+    again = complete(port, turn, temperature=0)
+    assert again["choices"][0]["text"] == answer["choices"][0]["text"]
+    cached = answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+    if name == "invariant" and not rows_round_alike():
+        assert cached % 64 == 0 and 0 < cached <= first["usage"]["prompt_tokens"]
+    else:
+        assert cached > first["usage"]["prompt_tokens"]
 
 
 def test_metrics_name_the_profile(profile_server: tuple[str, int]) -> None:

@@ -105,7 +105,8 @@ def test_a_busy_slots_cells_serve_another_slot_as_computed_ones(model: Any) -> N
     assert copied == cold
 
 
-def test_cells_are_not_restored_where_rows_round_otherwise(model: Any) -> None:
+def test_cells_are_not_restored_where_rows_round_otherwise_in_the_invariant_profile(
+        model: Any) -> None:
     from shimmy.engine import library
 
     eng = library.load().BatchEngine(model, 512, 1, 2, 64, "f16", 0, True)
@@ -113,6 +114,71 @@ def test_cells_are_not_restored_where_rows_round_otherwise(model: Any) -> None:
     assert not eng.exact_rows
     with pytest.raises(library.load().LlamaError, match="round alike"):
         eng.restore_cells(0, b"cells", [1, 2])
+
+
+def test_the_fast_profiles_copies_carry_how_their_cells_were_computed(model: Any) -> None:
+    """Where rows round otherwise, a fast engine's copies keep their marks: a copied
+    prompt is reused in the chunks a cold start reads (so it gives the cold text), and a
+    copied answer to the token (a chat's next turn on another slot reads only what is
+    new)."""
+    from shimmy.engine import library
+
+    eng = library.load().BatchEngine(model, 1024, 3, 2, 64, "f16", 0, True, True, False)
+    eng.warm_up()
+    tokens = prompt(model, 5, 150)
+    _, cold = generate(eng, 0, tokens)
+    assert eng.copy_cells(0, 1)
+    assert eng.cached(1) == eng.cached(0) and eng.marks(1) == eng.marks(0)
+    reused, warm = generate(eng, 1, tokens)
+    assert reused == (len(tokens) - 1 if eng.exact_rows else (len(tokens) - 1) // 64 * 64)
+    assert warm == cold
+    held = eng.cached(1)
+    turn = held + prompt(model, 6, 20)[1:]
+    marks = eng.marks(1)
+    assert eng.reusable_copy(held, marks, turn) == len(held)
+    assert eng.restore_cells(2, eng.save_cells(1), held, marks)
+    assert eng.reusable(2, turn) == len(held)
+    if not eng.exact_rows:  # how the cells came about is part of them
+        with pytest.raises(library.load().LlamaError, match="marks"):
+            eng.restore_cells(2, eng.save_cells(1), held)
+
+
+def test_a_fast_schedulers_cache_serves_a_chats_next_turn_after_its_slot_moved_on(
+        model: Any) -> None:
+    """One slot, the fast profile: a chat's first turn, another prompt in between (the
+    slot's cells go to the prompt cache with their marks), then the chat's next turn
+    gets them back and reads only its new tokens, and the first turn asked again gets
+    the text it got the first time."""
+    import asyncio
+
+    from shimmy.engine import library
+    from shimmy.engine.scheduler import Generation, Sampling, Scheduler
+
+    eng = library.load().BatchEngine(model, 1024, 1, 2, 64, "f16", 0, True, True, False)
+    eng.warm_up()
+    first, other = prompt(model, 7, 120), prompt(model, 8, 120)
+
+    async def scenario() -> None:
+        scheduler = Scheduler(eng, "fast", PromptCache(1 << 30), copies_cells=True)
+
+        async def ask(tokens: list[int]) -> tuple[str, int]:
+            """The answer, and how many prompt tokens came from cells."""
+            item = Generation(tokens, 12, Sampling(temperature=0.0, seed=1), [], True)
+            scheduler.submit(item)
+            return await asyncio.wait_for(item.text(), 60), item.cached_tokens
+
+        try:
+            answer, _ = await ask(first)
+            history = eng.cached(0)
+            await ask(other)
+            _, reused = await ask(history + prompt(model, 9, 20)[1:])
+            assert reused == len(history)
+            again, reused = await ask(first)
+            assert reused > 0 and again == answer
+        finally:
+            scheduler.stop()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.exact_rows

@@ -190,6 +190,8 @@ cdef class BatchEngine:
             self.slots[i].chain = NULL
             self.slots[i].grammar = NULL
             self.slots[i].n_read = 0
+            self.slots[i].read_from = 0
+            self.slots[i].n_cold = 0
             self.slots[i].filler_at = -1
 
     def __dealloc__(self):
@@ -349,6 +351,19 @@ cdef class BatchEngine:
         """The tokens whose cells the slot's cache holds, in order."""
         return list(self.slots[slot].cached)
 
+    def marks(self, int slot) -> tuple:
+        """How the slot's cells came about, for ``restore_cells`` and ``reusable_copy``:
+        ``(n_cold, read_from, n_read)`` (see ``_reusable``)."""
+        cdef Slot * s = &self.slots[slot]
+        return (s.n_cold, s.read_from, s.n_read)
+
+    def reusable_copy(self, list tokens, tuple marks, list prompt) -> int:
+        """How many of ``prompt``'s tokens cells from ``save_cells`` holding ``tokens``,
+        with the slot's ``marks`` then, would save reading once restored."""
+        cdef vector[llama_token] held = tokens
+        cdef vector[llama_token] wanted = prompt
+        return self._reuse_of(held, marks[0], marks[1], marks[2], wanted)
+
     def save_cells(self, int slot) -> bytes:
         """The idle slot's cells, as llama.cpp serializes a sequence (see
         ``restore_cells``); empty if it holds none."""
@@ -369,7 +384,8 @@ cdef class BatchEngine:
         if source == slot or self.slots[source].cached.empty():
             raise LlamaError(f"slot {source} holds no cells for slot {slot}")
         self._get_cells(source, cells)
-        return self._set_cells(slot, cells.data(), cells.size(), self.slots[source].cached)
+        return self._set_cells(slot, cells.data(), cells.size(), self.slots[source].cached,
+                               self.marks(source))
 
     cdef void _get_cells(self, int slot, vector[uint8_t] & cells) noexcept:
         """The slot's cells as llama.cpp serializes a sequence, into ``cells``."""
@@ -379,32 +395,38 @@ cdef class BatchEngine:
             size = llama_state_seq_get_data(self.ctx, cells.data(), size, slot)
         cells.resize(size)
 
-    def restore_cells(self, int slot, bytes cells, list tokens) -> bool:
-        """Replace the idle slot's cache by cells from ``save_cells`` holding ``tokens``:
-        exact copies, so a prompt reuses them as if they had been computed here. Only
-        with ``exact_rows``, where reuse goes to the token; False if llama.cpp refused
-        (the slot is then empty)."""
+    def restore_cells(self, int slot, bytes cells, list tokens, tuple marks=None) -> bool:
+        """Replace the idle slot's cache by cells from ``save_cells`` holding ``tokens``
+        (with the slot's ``marks`` then, which only ``exact_rows`` can do without):
+        exact copies, so a prompt reuses them as if they had been computed here. Where
+        rows round alike, or in the fast profile; False if llama.cpp refused (the slot
+        is then empty)."""
         cdef const uint8_t * src = cells
-        return self._set_cells(slot, src, len(cells), tokens)
+        if marks is None and self.exact_rows:
+            marks = (len(tokens), 0, len(tokens))
+        return self._set_cells(slot, src, len(cells), tokens, marks)
 
     cdef bint _set_cells(self, int slot, const uint8_t * src, size_t size,
-                         vector[llama_token] tokens) except -1:
+                         vector[llama_token] tokens, tuple marks) except -1:
         cdef Slot * s = &self.slots[slot]
         cdef size_t read
         if s.state != IDLE:
             raise LlamaError(f"slot {slot} is busy")
-        if not self.exact_rows:
-            raise LlamaError("cells are restored only where rows round alike in any step")
+        if self.invariant and not self.exact_rows:
+            raise LlamaError("cells are restored only where rows round alike in any step, "
+                             "or in the fast profile")
+        if marks is None:
+            raise LlamaError("cells are restored here only with their marks")
         llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
         s.cached.clear()
-        s.n_read = 0
+        s.n_read = s.read_from = s.n_cold = 0
         with nogil:
             read = llama_state_seq_set_data(self.ctx, src, size, slot)
         if read == 0:
             llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
             return False
         s.cached = tokens
-        s.n_read = s.cached.size()
+        s.n_cold, s.read_from, s.n_read = marks
         return True
 
     cdef size_t _reusable(self, Slot * s, int seq, const vector[llama_token] & prompt) noexcept:
@@ -413,20 +435,43 @@ cdef class BatchEngine:
         the rows of consecutive slots together, and a gap between busy slots costs a
         throw-away row (``_add_filler``) or a second pass over the weights.
 
+        With ``exact_rows`` every shared cell counts. Otherwise a prefix of cells as a
+        cold start reads them (``n_cold``) counts in whole chunks, so that the rest is
+        read in a cold start's chunks and gives its text. The invariant profile stops
+        there. The fast profile goes on as llama-server does, to the token, where the
+        prompt shares more: past the last prompt read (a chat's next turn repeats the
+        answer, whose cells were generated one row a step and so never equal a cold
+        read's), or inside the older history before it; inside the last read, back to
+        where it began, so that the same request asked again reads the rest in the
+        passes it did the first time (``_free_read_len``) and gives the same text.
+
         Where sliding-window layers cache their window alone (``swa_window``), the cells
         the rest of the prompt attends to must still be there: if they are not for the
         whole chunks of prompt-read cells, the prefix is reused to the token (generated
-        cells included, as llama-server does), and if not even then, not at all."""
-        cdef size_t shared = _common_prefix(s.cached, prompt)
+        cells included), and if not even then, not at all."""
+        cdef size_t n = self._reuse_of(s.cached, s.n_cold, s.read_from, s.n_read, prompt)
+        cdef size_t shared
+        if self.swa_window and n > 0 and not self._window_kept(seq, n):
+            shared = min(_common_prefix(s.cached, prompt), prompt.size() - 1)
+            n = shared if self._window_kept(seq, shared) else 0
+        return n
+
+    cdef size_t _reuse_of(self, const vector[llama_token] & cached, size_t n_cold,
+                          size_t read_from, size_t n_read,
+                          const vector[llama_token] & prompt) noexcept:
+        """``_reusable`` for cells holding ``cached`` with those marks, the window aside."""
+        cdef size_t shared = _common_prefix(cached, prompt)
         cdef size_t n
         shared = min(shared, prompt.size() - 1) if prompt.size() else 0
         if self.exact_rows:
             n = shared
-        else:
-            n = min(shared, s.n_read)
+        elif shared <= n_cold or self.invariant:
+            n = min(shared, n_cold)
             n -= n % self.n_batch
-        if self.swa_window and n > 0 and not self._window_kept(seq, n):
-            n = shared if self._window_kept(seq, shared) else 0
+        elif shared >= n_read or shared < read_from:
+            n = shared
+        else:
+            n = read_from
         return n
 
     cdef bint _window_kept(self, int seq, size_t n) noexcept:
@@ -480,8 +525,9 @@ cdef class BatchEngine:
 
         With ``exact_rows`` every shared cell is kept, generated ones included: a cell
         holds the same numbers whether its token was read in a prompt chunk or decoded
-        in a step. Otherwise only cells read as prompt are, up to a multiple of
-        ``n_batch``, so that the rest is read in exactly the chunks a cold start uses.
+        in a step. Otherwise ``_reusable`` says how far, and the cells a cold start
+        would compute alike (``n_cold``) go on growing as the prompt is read only if
+        the read begins where a cold start's chunk does.
         """
         cdef llama_memory_t mem = llama_get_memory(self.ctx)
         cdef size_t n = self._reusable(s, slot, s.prompt) if reuse else 0
@@ -492,7 +538,11 @@ cdef class BatchEngine:
         if n == 0:
             llama_memory_seq_rm(mem, slot, -1, -1)
         s.cached.resize(n)
-        s.n_read = n
+        if n % self.n_batch or n > s.n_cold:
+            s.n_cold = min(s.n_cold, n - n % self.n_batch)
+        else:
+            s.n_cold = n
+        s.n_read = s.read_from = n
         return n
 
 
@@ -604,7 +654,7 @@ cdef class BatchEngine:
         llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
         s.cached.clear()
         s.drafted.clear()
-        s.n_read = 0
+        s.n_read = s.read_from = s.n_cold = 0
         s.filler_at = -1
 
     def inject_decode_failures(self, int after, int every=0, int count=1) -> None:

@@ -73,7 +73,8 @@ class EngineProfile:
     def words(self) -> str:
         """One line for people: what the profile does, and why."""
         if not self.checked.get("invariant", True):
-            reuse = "to the token" if self.exact_rows else f"in units of {self.reuse_unit}"
+            reuse = "to the token" if self.exact_rows else \
+                f"in units of {self.reuse_unit}, to the token past an answer"
             how = (f"llama.cpp's fastest kernels, {self.attention} attention over "
                    f"{self.checked['kv_type']}, {self.rows_per_pass} slots per pass, reuse "
                    f"{reuse}, up to {self.draft} tokens guessed ahead; other requests in a "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 class Entry:
     tokens: tuple[int, ...]
     cells: bytes
+    marks: tuple[int, int, int] | None = None  # BatchEngine.marks of the slot saved
 
 
 class PromptCache:
@@ -34,7 +35,8 @@ class PromptCache:
         """Whether an entry of ``size`` bytes would be kept (``put`` drops larger ones)."""
         return 0 < size <= self.capacity
 
-    def put(self, tokens: list[int], cells: bytes) -> None:
+    def put(self, tokens: list[int], cells: bytes,
+            marks: tuple[int, int, int] | None = None) -> None:
         """Keep ``cells`` (holding ``tokens``); entries it extends are dropped, since it
         serves every prompt they serve."""
         if not tokens or not self.fits(len(cells)):
@@ -42,7 +44,7 @@ class PromptCache:
         key = tuple(tokens)
         for older in [k for k in self._entries if key[:len(k)] == k]:
             self._drop(older)
-        self._entries[key] = Entry(key, cells)
+        self._entries[key] = Entry(key, cells, marks)
         self.size += len(cells)
         while self.size > self.capacity:
             self._drop(next(iter(self._entries)))

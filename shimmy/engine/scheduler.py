@@ -186,7 +186,8 @@ class Scheduler:
         self.name = name
         self.prompt_cache = prompt_cache
         # cells go between slots and the prompt cache only with the profile's exact rows
-        self.copies_cells = engine.exact_rows if copies_cells is None else copies_cells
+        self.copies_cells = (engine.exact_rows or not engine.invariant) \
+            if copies_cells is None else copies_cells
         self._queue: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
@@ -312,19 +313,21 @@ class Scheduler:
             held = self.engine.cached(slot)
             # serialising a whole slot only for the cache to drop it would be wasted
             if tuple(held) not in cache and cache.fits(self.engine.cells_size(slot)):
-                cache.put(held, self.engine.save_cells(slot))
+                cache.put(held, self.engine.save_cells(slot), self.engine.marks(slot))
         if len(prompt) - 1 - kept < MIN_RESTORED_TOKENS:
             return  # no copy could save enough: the slot already holds nearly all of it
         shared, donor = self._best_donor(slot, prompt)
         found = cache.best(prompt) if cache is not None else None
-        stored = min(found[1], len(prompt) - 1) if found else 0
+        stored = self.engine.reusable_copy(list(found[0].tokens), found[0].marks, prompt) \
+            if found else 0
         if max(shared, stored) - kept < MIN_RESTORED_TOKENS:
             return
         if shared >= stored:
             copied = self.engine.copy_cells(donor, slot)
         else:
             entry = found[0]
-            copied = self.engine.restore_cells(slot, entry.cells, list(entry.tokens))
+            copied = self.engine.restore_cells(slot, entry.cells, list(entry.tokens),
+                                               entry.marks)
         if not copied:
             log.warning("llama.cpp refused copied cells for slot %d", slot)
 

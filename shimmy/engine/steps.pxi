@@ -29,6 +29,11 @@ cdef enum:
     # a shared prefix shorter than this does not choose a slot over a lower one (see
     # choose_slot): busy slots stay packed low, where they share a pass
     MIN_SLOT_REUSE = 8
+    # prompt rows from which llama.cpp's flash attention takes its tiled kernel
+    # (GGML_FA_TILE_Q): a pass of fewer attends row by row, which deep in a long cache
+    # costs more than the pass's weights (a 40-row pass at 2,048 cells took as long as
+    # 100 rows, Qwen2.5 0.5B here)
+    TILED_ATTENTION_ROWS = 64
 
 
 cdef inline llama_token _probe_token(int i, int n_vocab) noexcept nogil:
@@ -54,7 +59,9 @@ cdef struct Slot:
     int state
     vector[llama_token] prompt
     vector[llama_token] cached  # tokens whose KV this slot's stream holds, from position 0
-    size_t n_read               # how many of them were read as prompt (not generated)
+    size_t n_read               # where the last prompt read ended (generated cells follow)
+    size_t read_from            # where it began: its passes cut there and at chunk ends
+    size_t n_cold               # the first cells, as a cold start reads them (see _reusable)
     size_t n_prefilled          # prompt tokens already in the KV cache
     llama_pos n_past            # next position to decode
     llama_token last_token      # sampled, not yet decoded
@@ -169,6 +176,8 @@ cdef int32_t _add_prompt_tokens(BatchEngine self, llama_batch * b, Slot * s, int
         last = s.n_prefilled + 1 == s.prompt.size()
         row = _batch_add(b, s.prompt[s.n_prefilled], s.n_past, seq, last)
         s.cached.push_back(s.prompt[s.n_prefilled])
+        if s.n_cold == s.n_read:
+            s.n_cold += 1
         s.n_read += 1
         s.n_prefilled += 1
         s.n_past += 1
@@ -187,12 +196,27 @@ cdef size_t _read_len(BatchEngine self, Slot * s, size_t budget) noexcept:
     cdef size_t chunk = <size_t> self.n_batch
     cdef size_t last_chunk = (size - 1) // chunk * chunk
     cdef size_t end
+    if s.n_cold != s.n_read:
+        return _free_read_len(self, s, budget)
     if budget < chunk:
         return min(_chunk_len(self, s), budget)
     end = min(size, (start + budget) // chunk * chunk)
     if start < last_chunk and end > last_chunk:
         end = last_chunk
     return end - start
+
+
+cdef size_t _free_read_len(BatchEngine self, Slot * s, size_t budget) noexcept:
+    """The prompt tokens the slot reads in this step where its read began past cells a
+    cold start computes alike (a chat's next turn, after the answer's cells): no cold
+    start's chunks to keep to, so as many as the budget allows, and where the prompt
+    has more, no last pass of fewer than ``TILED_ATTENTION_ROWS``."""
+    cdef size_t rest = s.prompt.size() - s.n_prefilled
+    if rest <= budget:
+        return rest
+    if rest - budget < TILED_ATTENTION_ROWS < budget:
+        return rest - TILED_ATTENTION_ROWS
+    return budget
 
 
 cdef size_t _chunk_len(BatchEngine self, Slot * s) noexcept:
