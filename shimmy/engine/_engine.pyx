@@ -15,7 +15,8 @@ sit in one file, so what is moved out takes the engine as its first argument):
 - ``sampling.pxi``: sampler chains, the top-k shortcut, grammar, log-probabilities
 - ``text.pxi``: token bytes to text, stop strings, the events a slot hands out
 - this file: ``BatchEngine``, the slots' owner: warm-up checks, cells, start, step,
-  and what a failed decode leaves (slot states as in ``lifecycle.SlotState``)
+  and what a failed decode leaves (slot states as in ``lifecycle.SlotState``); over
+  600 lines because those are the class's methods, which Cython keeps in one file
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
