@@ -367,7 +367,7 @@ class FakeEngine:
     def __init__(self, n_slots: int = 2) -> None:
         self.n_slots = n_slots
         self.n_ctx = 1024
-        self.exact_rows = False  # no cells to copy between slots
+        self.copies_cells = False  # no cells to copy between slots
         self.active: dict[int, list[int]] = {}
         self.fail_step = False
         self.bug = False

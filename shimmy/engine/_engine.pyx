@@ -360,10 +360,22 @@ cdef class BatchEngine:
 
     def reusable_copy(self, list tokens, tuple marks, list prompt) -> int:
         """How many of ``prompt``'s tokens cells from ``save_cells`` holding ``tokens``,
-        with the slot's ``marks`` then, would save reading once restored."""
+        with the slot's ``marks`` then, would save reading once restored (none without
+        marks, where ``restore_cells`` needs them)."""
         cdef vector[llama_token] held = tokens
         cdef vector[llama_token] wanted = prompt
+        if marks is None:
+            if not self.exact_rows:
+                return 0
+            marks = (held.size(), 0, held.size())
         return self._reuse_of(held, marks[0], marks[1], marks[2], wanted)
+
+    @property
+    def copies_cells(self) -> bool:
+        """Whether cells may go between slots and the prompt cache: where rows round
+        alike, or in the fast profile, whose copies carry their marks; not out of
+        sliding-window rings (a ring's copy holds only its window; not tried)."""
+        return (self.exact_rows or not self.invariant) and not self.swa_window
 
     def save_cells(self, int slot) -> bytes:
         """The idle slot's cells, as llama.cpp serializes a sequence (see

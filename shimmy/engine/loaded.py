@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from shimmy.engine import compute, library, rpc
-from shimmy.engine.profile import FAST, EngineProfile
+from shimmy.engine.profile import EngineProfile
 from shimmy.engine.prompt_cache import PromptCache
 from shimmy.engine.scheduler import Generation, Sampling, Scheduler
 from shimmy.engine.support import check_architecture
@@ -142,11 +142,7 @@ class LoadedModel:
         if self.engine is not None:
             self.profile = EngineProfile.measured(self.engine)
             _inject_faults(self.engine)
-            # cells are copied where a row rounds alike in any step, or in the fast
-            # profile (which knows how they were computed: BatchEngine.marks), and not
-            # out of sliding-window rings (a ring's copy holds only its window; not tried)
-            copies = (self.profile.exact_rows or self.profile.name == FAST) \
-                and self.profile.swa_cache != "window"
+            copies = self.engine.copies_cells
             cells = PromptCache(settings.prompt_cache) \
                 if settings.prompt_cache > 0 and copies else None
             self.scheduler = Scheduler(self.engine, name, cells, copies)

@@ -185,9 +185,7 @@ class Scheduler:
         self.engine = engine
         self.name = name
         self.prompt_cache = prompt_cache
-        # cells go between slots and the prompt cache only with the profile's exact rows
-        self.copies_cells = (engine.exact_rows or not engine.invariant) \
-            if copies_cells is None else copies_cells
+        self.copies_cells = engine.copies_cells if copies_cells is None else copies_cells
         self._queue: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * engine.n_slots
         self._wake = threading.Condition()
