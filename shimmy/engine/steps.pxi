@@ -31,8 +31,8 @@ cdef enum:
     MIN_SLOT_REUSE = 8
     # prompt rows from which llama.cpp's flash attention takes its tiled kernel
     # (GGML_FA_TILE_Q): a pass of fewer attends row by row, which deep in a long cache
-    # costs more than the pass's weights (a 40-row pass at 2,048 cells took as long as
-    # 100 rows, Qwen2.5 0.5B here)
+    # costs more than the pass's weights (llama-bench, Qwen2.5 0.5B at 2,048 cells here:
+    # 40 rows took 1.08 s, 64 rows 1.09 s)
     TILED_ATTENTION_ROWS = 64
 
 
@@ -60,7 +60,7 @@ cdef struct Slot:
     vector[llama_token] prompt
     vector[llama_token] cached  # tokens whose KV this slot's stream holds, from position 0
     size_t n_read               # where the last prompt read ended (generated cells follow)
-    size_t read_from            # where it began: its passes cut there and at chunk ends
+    size_t read_from            # where it began (the same request again reads from there)
     size_t n_cold               # the first cells, as a cold start reads them (see _reusable)
     size_t n_prefilled          # prompt tokens already in the KV cache
     llama_pos n_past            # next position to decode
@@ -196,7 +196,7 @@ cdef size_t _read_len(BatchEngine self, Slot * s, size_t budget) noexcept:
     cdef size_t chunk = <size_t> self.n_batch
     cdef size_t last_chunk = (size - 1) // chunk * chunk
     cdef size_t end
-    if s.n_cold != s.n_read:
+    if s.n_cold != s.n_read and not self.invariant:
         return _free_read_len(self, s, budget)
     if budget < chunk:
         return min(_chunk_len(self, s), budget)
