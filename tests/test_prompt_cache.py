@@ -159,9 +159,9 @@ def test_a_fast_schedulers_cache_serves_a_chats_next_turn_after_its_slot_moved_o
     first, other = prompt(model, 7, 120), prompt(model, 8, 120)
 
     async def scenario() -> None:
-        # copies forced on: served, the embedded model's window rings are never copied
-        # (BatchEngine.copies_cells), but these prompts fit its window, so a copy holds
-        # every cell and the fast profile's path through the cache runs whole
+        # a prompt cache given: served, the embedded model's window rings are never kept
+        # in one (BatchEngine.caches_cells), but these prompts fit its window, so a copy
+        # holds every cell and the fast profile's path through the cache runs whole
         scheduler = Scheduler(eng, "fast", PromptCache(1 << 30), copies_cells=True)
 
         async def ask(tokens: list[int]) -> tuple[str, int]:

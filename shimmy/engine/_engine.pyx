@@ -193,6 +193,7 @@ cdef class BatchEngine:
             self.slots[i].n_read = 0
             self.slots[i].read_from = 0
             self.slots[i].n_cold = 0
+            self.slots[i].read_stop = 0
             self.slots[i].filler_at = -1
 
     def __dealloc__(self):
@@ -343,10 +344,43 @@ cdef class BatchEngine:
         return best
 
     def reusable(self, int slot, list prompt) -> int:
-        """How many of ``prompt``'s tokens the slot's cache would save reading (were the
-        slot idle: for a busy one, what a copy of its cells would save)."""
+        """How many of ``prompt``'s tokens the slot's cache would save reading, were the
+        slot idle."""
         cdef vector[llama_token] tokens = prompt
         return self._reusable(&self.slots[slot], slot, tokens)
+
+    def donates(self, int source, list prompt) -> int:
+        """How many of ``prompt``'s tokens a copy of the slot's cells (busy or not, see
+        ``copy_cells``) would save reading. Out of a sliding-window ring, a copy holds
+        only the cells within a window of the newest, so it serves only where those
+        still reach back as far as the rest of the prompt attends."""
+        cdef vector[llama_token] tokens = prompt
+        cdef Slot * s = &self.slots[source]
+        cdef size_t n = self._reusable(s, source, tokens)
+        if self.swa_window and n > 0 and \
+                <long> s.cached.size() - 1 - max(0, <long> n - self.n_swa) >= self.n_swa:
+            return 0
+        return n
+
+    def read_ahead(self, int slot, list prompt) -> int:
+        """Where a copy of the slot's cells would serve ``prompt`` once the slot has read
+        that far into its own prompt: their shared prefix in whole chunks, short of the
+        prompt's last token, and past what it has read; else 0."""
+        cdef vector[llama_token] tokens = prompt
+        cdef Slot * s = &self.slots[slot]
+        cdef size_t shared
+        if s.state != PREFILL or not self.packed or tokens.size() < 2 or s.prompt.size() < 2:
+            return 0
+        shared = min(_common_prefix(s.prompt, tokens), tokens.size() - 1, s.prompt.size() - 2)
+        shared -= shared % self.n_batch
+        return shared if shared > s.n_prefilled else 0
+
+    def hold_read(self, int slot, size_t at) -> None:
+        """Pause the slot's prompt read once it has read ``at`` tokens, until called
+        again with 0: another slot then copies its cells from there (``read_ahead``)."""
+        if at and not self.packed:
+            raise LlamaError("a read pauses only where a step holds every slot's rows")
+        self.slots[slot].read_stop = at
 
     def cached(self, int slot) -> list:
         """The tokens whose cells the slot's cache holds, in order."""
@@ -372,10 +406,16 @@ cdef class BatchEngine:
 
     @property
     def copies_cells(self) -> bool:
-        """Whether cells may go between slots and the prompt cache: where rows round
-        alike, or in the fast profile, whose copies carry their marks; not out of
-        sliding-window rings (a ring's copy holds only its window; not tried)."""
-        return (self.exact_rows or not self.invariant) and not self.swa_window
+        """Whether cells may go from slot to slot: where rows round alike, or in the
+        fast profile, whose copies carry their marks (out of a sliding-window ring,
+        only where ``donates`` says so)."""
+        return self.exact_rows or not self.invariant
+
+    @property
+    def caches_cells(self) -> bool:
+        """Whether the prompt cache may keep slots' cells: as ``copies_cells``, but
+        not a sliding-window ring's, which holds only its window when kept."""
+        return self.copies_cells and not self.swa_window
 
     def save_cells(self, int slot) -> bytes:
         """The idle slot's cells, as llama.cpp serializes a sequence (see
@@ -515,6 +555,7 @@ cdef class BatchEngine:
             raise
         cdef size_t reused = self._reuse_cache(s, slot, reuse)
         s.n_prefilled = reused
+        s.read_stop = 0
         s.n_past = reused
         s.batch_row = -1
         s.drafted.clear()
@@ -667,7 +708,7 @@ cdef class BatchEngine:
         llama_memory_seq_rm(llama_get_memory(self.ctx), slot, -1, -1)
         s.cached.clear()
         s.drafted.clear()
-        s.n_read = s.read_from = s.n_cold = 0
+        s.n_read = s.read_from = s.n_cold = s.read_stop = 0
         s.filler_at = -1
 
     def inject_decode_failures(self, int after, int every=0, int count=1) -> None:

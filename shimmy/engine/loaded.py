@@ -142,10 +142,9 @@ class LoadedModel:
         if self.engine is not None:
             self.profile = EngineProfile.measured(self.engine)
             _inject_faults(self.engine)
-            copies = self.engine.copies_cells
             cells = PromptCache(settings.prompt_cache) \
-                if settings.prompt_cache > 0 and copies else None
-            self.scheduler = Scheduler(self.engine, name, cells, copies)
+                if settings.prompt_cache > 0 and self.engine.caches_cells else None
+            self.scheduler = Scheduler(self.engine, name, cells, self.engine.copies_cells)
         self._chat_template: ChatTemplate | None = None
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s (%s) in %.2f s: ctx %d, %d slots, %d threads%s", name,

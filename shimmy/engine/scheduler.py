@@ -188,6 +188,7 @@ class Scheduler:
         self.copies_cells = engine.copies_cells if copies_cells is None else copies_cells
         self._queue: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * engine.n_slots
+        self._held: tuple[int, int] | None = None  # a paused read (slot, tokens), see _hold
         self._wake = threading.Condition()
         self._stopping = False
         self.token_rate = TokenRate()  # generated tokens per second, for /metrics
@@ -261,13 +262,45 @@ class Scheduler:
         self._fail_all("the model was unloaded")
 
     def _admit(self) -> None:
-        """Place queued requests in arrival order while a slot is free."""
+        """Place queued requests in arrival order while a slot is free. One whose prompt
+        starts with what another slot is still reading waits (and those behind it) until
+        that read gets there, to start from a copy of its cells (``_read_to_share``)."""
+        hold = None
         while (head := self._peek()) is not None:
             free = self.engine.choose_slot(head.prompt)
             if free < 0:
-                return
+                break
+            hold = self._read_to_share(head, free)
+            if hold is not None:
+                break
             if self._pop(head):
                 self._place(head, free)
+        self._hold(hold)
+
+    def _read_to_share(self, generation: Generation, slot: int) -> tuple[int, int] | None:
+        """``(reading slot, tokens)``: where another slot's prompt read, once there, gives
+        the request in ``slot`` more by a copy than it has; None if nothing does. Agents
+        that arrive together with one system prompt then read it once, not each."""
+        if not self.copies_cells or not generation.reuse_cache:
+            return None
+        prompt = generation.prompt
+        ahead, reader = max((self.engine.read_ahead(other, prompt), other)
+                            for other in range(self.engine.n_slots))
+        if ahead < MIN_RESTORED_TOKENS:
+            return None
+        has = max(self.engine.reusable(slot, prompt), self._stored(prompt)[0])
+        return (reader, ahead) if ahead - has >= MIN_RESTORED_TOKENS else None
+
+    def _hold(self, hold: tuple[int, int] | None) -> None:
+        """Pause the one read a queued request waits for (``_read_to_share``); let the
+        one paused before go on."""
+        if hold == self._held:
+            return
+        if self._held is not None:
+            self.engine.hold_read(self._held[0], 0)
+        if hold is not None:
+            self.engine.hold_read(*hold)
+        self._held = hold
 
     def _peek(self) -> Generation | None:
         with self._wake:
@@ -315,25 +348,31 @@ class Scheduler:
         if len(prompt) - 1 - kept < MIN_RESTORED_TOKENS:
             return  # no copy could save enough: the slot already holds nearly all of it
         shared, donor = self._best_donor(slot, prompt)
-        found = cache.best(prompt) if cache is not None else None
-        stored = self.engine.reusable_copy(list(found[0].tokens), found[0].marks, prompt) \
-            if found else 0
+        stored, entry = self._stored(prompt)
         if max(shared, stored) - kept < MIN_RESTORED_TOKENS:
             return
         if shared >= stored:
             copied = self.engine.copy_cells(donor, slot)
         else:
-            entry = found[0]
             copied = self.engine.restore_cells(slot, entry.cells, list(entry.tokens),
                                                entry.marks)
         if not copied:
             log.warning("llama.cpp refused copied cells for slot %d", slot)
 
+    def _stored(self, prompt: list[int]) -> tuple[int, Any]:
+        """The tokens of ``prompt`` that the prompt cache's best entry would save
+        reading, and that entry (None if there is none)."""
+        found = self.prompt_cache.best(prompt) if self.prompt_cache is not None else None
+        if found is None:
+            return 0, None
+        entry = found[0]
+        return self.engine.reusable_copy(list(entry.tokens), entry.marks, prompt), entry
+
     def _best_donor(self, slot: int, prompt: list[int]) -> tuple[int, int]:
         """The tokens of ``prompt`` that the best other slot's cells would save reading,
         and that slot (-1 if there is no other)."""
         others = (other for other in range(self.engine.n_slots) if other != slot)
-        return max(((self.engine.reusable(other, prompt), other) for other in others),
+        return max(((self.engine.donates(other, prompt), other) for other in others),
                    default=(0, -1))
 
     def _drop_cancelled(self) -> None:

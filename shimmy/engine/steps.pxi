@@ -62,6 +62,7 @@ cdef struct Slot:
     size_t n_read               # where the last prompt read ended (generated cells follow)
     size_t read_from            # where it began (the same request again reads from there)
     size_t n_cold               # the first cells, as a cold start reads them (see _reusable)
+    size_t read_stop            # where the prompt read pauses for a copy (hold_read); 0: none
     size_t n_prefilled          # prompt tokens already in the KV cache
     llama_pos n_past            # next position to decode
     llama_token last_token      # sampled, not yet decoded
@@ -219,6 +220,14 @@ cdef size_t _free_read_len(BatchEngine self, Slot * s, size_t budget) noexcept:
     return budget
 
 
+cdef inline size_t _held(Slot * s, size_t count) noexcept:
+    """``count`` prompt tokens to read, fewer where the read pauses at ``read_stop``
+    for another slot to copy its cells there (``hold_read``)."""
+    if s.read_stop > s.n_prefilled:
+        return min(count, s.read_stop - s.n_prefilled)
+    return 0 if s.read_stop else count
+
+
 cdef size_t _chunk_len(BatchEngine self, Slot * s) noexcept:
     """The prompt tokens of the slot's next chunk: up to the next multiple of
     ``n_batch``, wherever the reused prefix ended."""
@@ -250,8 +259,8 @@ cdef int _fill_step(BatchEngine self) except -1:
         s.batch_row = -1
         if _decodes(self, s):
             decoding += 1
-        elif s.state == PREFILL and budget > 0:
-            reading[i] = _read_len(self, s, budget)
+        elif s.state == PREFILL and budget > 0 and _held(s, 1):
+            reading[i] = _held(s, _read_len(self, s, budget))
             budget -= reading[i]
         else:
             continue
@@ -268,7 +277,7 @@ cdef int _fill_step(BatchEngine self) except -1:
             _add_row(self, b, s, i, decoding == 1)
         elif reading[i]:
             s.batch_row = _add_prompt_tokens(self, b, s, i, reading[i])
-        elif s.state == PREFILL:
+        elif s.state == PREFILL and _held(s, 1):
             _add_prompt_tokens(self, b, s, i, 1)
         elif idle <= MAX_FILLER_ROWS:
             _add_filler(self, b, s, i)
