@@ -164,13 +164,15 @@ def servers(args: argparse.Namespace, model: Path) -> list[Server]:
 def measure(chosen: list[Server], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {s.name: {} for s in chosen}
     rng = random.Random(11)
-    figures = [
-        lambda server, seed: new_prompts(server, random.Random(seed), args.new),
-        lambda server, seed: one_agent(server, random.Random(seed), args),
-        lambda server, seed: four_agents(server, random.Random(seed), args),
-    ]
-    for figure in figures:
-        seed = rng.random()
+    figures = {
+        "new": lambda server, seed: new_prompts(server, random.Random(seed), args.new),
+        "agent": lambda server, seed: one_agent(server, random.Random(seed), args),
+        "agents": lambda server, seed: four_agents(server, random.Random(seed), args),
+    }
+    for name, figure in figures.items():
+        seed = rng.random()  # drawn for every figure, so a figure's prompts never change
+        if name not in args.figures:
+            continue
         for server in chosen:
             print(f"  {server.name}", flush=True)
             _, ready_rss = start(server)
@@ -223,6 +225,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--answer", type=int, default=32, help="tokens per answer")
     parser.add_argument("--port", type=int, default=11490)
     parser.add_argument("--servers", nargs="+", default=["shimmy", "llama-server"])
+    parser.add_argument("--figures", nargs="+", choices=["new", "agent", "agents"],
+                        default=["new", "agent", "agents"],
+                        help="new prompts, one agent's session, the concurrent agents")
     parser.add_argument("--model", type=Path, default=None,
                         help="a GGUF file (default: the embedded model)")
     parser.add_argument("--shimmy-args", type=shlex.split, default=[], metavar="ARGS",
