@@ -113,6 +113,36 @@ def test_a_request_waiting_for_a_read_can_leave_and_that_read_goes_on(model: Any
     assert len(done) == 2 and all(text for text, _ in done)
 
 
+def test_a_request_queued_behind_one_that_waits_takes_a_free_slot(model: Any) -> None:
+    """A request that shares nothing is placed in a free slot at once, while one queued
+    before it waits for the first request's read (a slot is kept free for that one)."""
+    from shimmy.engine.lifecycle import RequestState
+    from shimmy.engine.scheduler import Generation, Sampling, Scheduler
+
+    rules = model.tokenize(f"{RULES} {RULES}", True, False)  # several steps' reading
+    first, second = (rules + model.tokenize(f" Task {k}.", False, False) for k in (1, 2))
+    other = model.tokenize("A short question about something else.", True, False)
+    engine = fast_engine(model, 3)
+
+    async def scenario() -> tuple[RequestState, int]:
+        scheduler = Scheduler(engine, "shared", None, copies_cells=True)
+        greedy = Sampling(temperature=0.0, seed=1)
+        a, b, c = (Generation(tokens, 4, greedy, [], True) for tokens in (first, second, other))
+        try:
+            scheduler.submit(a, b, c)
+            while c.state is RequestState.QUEUED:
+                await asyncio.sleep(0.01)
+            state_when_c_was_placed = b.state
+            await asyncio.gather(*(asyncio.wait_for(g.text(), 120) for g in (a, b, c)))
+            return state_when_c_was_placed, b.cached_tokens
+        finally:
+            scheduler.stop()
+
+    state, cached = asyncio.run(scenario())
+    assert state is RequestState.QUEUED
+    assert cached > len(rules) - 64
+
+
 def test_agents_sent_together_to_the_server_read_one_system_prompt(
         model_path: Path, tmp_path: Path) -> None:
     process = ShimmyProcess(["--model-path", str(model_path), "--parallel", "3"],

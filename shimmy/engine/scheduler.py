@@ -263,18 +263,21 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Place queued requests in arrival order while a slot is free. One whose prompt
-        starts with what another slot is still reading waits (and those behind it) until
-        that read gets there, to start from a copy of its cells (``_read_to_share``)."""
-        hold = None
-        while (head := self._peek()) is not None:
-            free = self.engine.choose_slot(head.prompt)
-            if free < 0:
+        starts with what another slot is still reading waits until that read gets there,
+        to start from a copy of its cells (``_read_to_share``), and keeps a free slot for
+        then; requests queued behind it take the other free slots."""
+        hold: tuple[int, int] | None = None
+        waiting = 0
+        for generation in self._queued():
+            free = self.engine.choose_slot(generation.prompt)
+            if free < 0 or (waiting and self._n_free() <= waiting):
                 break
-            hold = self._read_to_share(head, free)
-            if hold is not None:
-                break
-            if self._pop(head):
-                self._place(head, free)
+            wait = self._read_to_share(generation, free)
+            if wait is not None and hold in (None, wait):
+                hold, waiting = wait, waiting + 1
+                continue
+            if self._take(generation):
+                self._place(generation, free)
         self._hold(hold)
 
     def _read_to_share(self, generation: Generation, slot: int) -> tuple[int, int] | None:
@@ -302,18 +305,22 @@ class Scheduler:
             self.engine.hold_read(*hold)
         self._held = hold
 
-    def _peek(self) -> Generation | None:
+    def _queued(self) -> list[Generation]:
         with self._wake:
-            return self._queue[0] if self._queue else None
+            return list(self._queue)
 
-    def _pop(self, head: Generation) -> bool:
-        """Take ``head`` out of the queue (PLACED), unless it was cancelled meanwhile."""
+    def _take(self, generation: Generation) -> bool:
+        """Take the request out of the queue (PLACED), unless it was cancelled meanwhile."""
         with self._wake:
-            if not self._queue or self._queue[0] is not head:
+            try:
+                self._queue.remove(generation)
+            except ValueError:
                 return False
-            self._queue.popleft()
-            head._move(RequestState.PLACED)
+            generation._move(RequestState.PLACED)
             return True
+
+    def _n_free(self) -> int:
+        return sum(generation is None for generation in self._slots)
 
     def _place(self, generation: Generation, slot: int) -> None:
         """Set the slot up for the request; anything failing here fails that request
