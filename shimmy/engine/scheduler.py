@@ -296,10 +296,9 @@ class Scheduler:
 
     def _hold(self, hold: tuple[int, int] | None) -> None:
         """Pause the one read a queued request waits for (``_read_to_share``); let the
-        one paused before go on."""
-        if hold == self._held:
-            return
-        if self._held is not None:
+        one paused before go on. Set again each time: the slot may hold another request
+        since (``start`` clears a pause)."""
+        if self._held is not None and self._held != hold:
             self.engine.hold_read(self._held[0], 0)
         if hold is not None:
             self.engine.hold_read(*hold)
