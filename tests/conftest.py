@@ -32,7 +32,7 @@ SLOW_FILES = frozenset({
     "test_cache_pages.py",
     "test_engine_faults.py", "test_engine_invariance.py",
     "test_fuzz.py", "test_output_head.py", "test_pool.py", "test_profiles.py",
-    "test_prompt_cache.py", "test_prompt_passes.py",
+    "test_prompt_cache.py", "test_prompt_passes.py", "test_shared_prefix.py",
     "test_reliability.py", "test_reliability_load.py", "test_request_life.py",
     "test_speculation.py", "test_web_chat.py",
 })
